@@ -1,0 +1,59 @@
+# randsac-harness workflow: studies/*.yaml -> stage runs -> tables.
+#
+#   snakemake --profile local table3                       # embedded default (scale smoke, local executor)
+#   snakemake --profile slurm table3                       # paper scale, each stage a Slurm job via submitit
+#   snakemake --profile local table3 --config scale=tiny pretrain.epochs=1
+#
+# Config keys: scale (tiny|smoke|paper), executor (see profiles/*/harness.yaml), and any dotted
+# RunConfig field (pretrain.epochs=..., data.root=...) as an override for every cell.
+# Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
+import json
+import sys
+
+from harness.workflow import Plan
+
+PY = sys.executable
+PLAN = Plan.from_snakemake_config(config)
+
+wildcard_constraints:
+    sig="[0-9a-f]{12}",
+
+
+rule all:
+    input: PLAN.table_files()
+    default_target: True
+
+
+for _study in PLAN.studies:
+    rule:
+        name: _study.name
+        input: lambda wc, s=_study: PLAN.table_inputs(s), f"studies/{_study.name}.yaml"
+        output: PLAN.table_files(_study)
+        params: study=_study.name
+        localrule: True
+        shell:
+            "{PY} -m harness.tables {params.study} --scale {PLAN.scale} "
+            "--overrides {PLAN.overrides_json:q} --results {PLAN.results_dir:q}"
+
+
+rule pretrain:
+    output: "results/runs/{sig}/pretrain.json"
+    params: args=lambda wc: PLAN.launch_args(wc.sig, "pretrain")
+    localrule: True
+    shell: "{PY} -m harness.launch {params.args}"
+
+
+rule linprobe:
+    input: lambda wc: PLAN.parent_result(wc.sig)
+    output: "results/runs/{sig}/linprobe.json"
+    params: args=lambda wc: PLAN.launch_args(wc.sig, "linprobe")
+    localrule: True
+    shell: "{PY} -m harness.launch {params.args}"
+
+
+rule finetune:
+    input: lambda wc: PLAN.parent_result(wc.sig)
+    output: "results/runs/{sig}/finetune.json"
+    params: args=lambda wc: PLAN.launch_args(wc.sig, "finetune")
+    localrule: True
+    shell: "{PY} -m harness.launch {params.args}"

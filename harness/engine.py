@@ -1,0 +1,210 @@
+"""What every stage's training loop shares: device, seeding, schedule, loaders, checkpoints.
+
+Loops are written per stage (pretrain.py, linprobe.py, finetune.py) and call these helpers.
+The data order of epoch e is a function of (seed, e) alone and the RNG states are part of the
+checkpoint, so a resumed run continues exactly where an uninterrupted one would be. Helpers take
+a `rank`/`world_size` so data-parallel training can shard the sampler without restructuring.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from harness.config import OptimConfig, RunConfig
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the stage stops at once and its MLflow run fails."""
+
+
+class Interrupted(RuntimeError):
+    """A stage stopped on purpose before its last epoch (tests of resume use it)."""
+
+
+def select_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but no CUDA device is visible to this job")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on the CPU (bf16 is many times slower there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def subset(ds: Dataset, n: int | None) -> Dataset:
+    """A fixed random subset of n items (the same for every run), or the whole set."""
+    if n is None or n >= len(ds):
+        return ds
+    return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+
+
+def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
+                 drop_last: bool = True, num_workers: int = 0, rank: int = 0,
+                 world_size: int = 1) -> DataLoader:
+    """The loader of one epoch; its order and its workers' seeds depend on (seed, epoch) only."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    sampler = None
+    if world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, world_size, rank, shuffle=shuffle, seed=seed)
+        sampler.set_epoch(epoch)
+        shuffle = False
+    batch_size = min(batch_size, len(ds)) if drop_last else batch_size
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    batch_size = min(batch_size, n) if drop_last else batch_size
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, opt: OptimConfig, steps_per_epoch: int):
+    """Per-iteration schedule: linear warm-up from 0 to lr, then cosine decay to min_lr."""
+    total = opt.epochs * steps_per_epoch
+    warmup = int(opt.warmup_epochs * steps_per_epoch)
+    floor = opt.min_lr / opt.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}: stopping this stage")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write next to `path`, fsync, then rename: a kill mid-write leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Checkpoint:
+    """The end-of-epoch checkpoint of one stage: modules, optimizer, schedule, scaler, RNG, epoch."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "checkpoint.pt"
+
+    def save(self, epoch: int, history: list[dict], **objects: Any) -> None:
+        state = {name: obj.state_dict() for name, obj in objects.items()}
+        atomic_save({"epoch": epoch, "history": history, "rng": rng_state(), "state": state}, self.path)
+
+    def resume(self, **objects: Any) -> tuple[int, list[dict]]:
+        """Load the last checkpoint into `objects`; returns (epochs done, metric history)."""
+        if not self.path.exists():
+            return 0, []
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
+        for name, obj in objects.items():
+            obj.load_state_dict(ckpt["state"][name])
+        set_rng_state(ckpt["rng"])
+        return ckpt["epoch"], ckpt["history"]
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches: Iterable, device: torch.device) -> float:
+    model.eval()
+    correct = total = 0
+    for imgs, labels in batches:
+        imgs, labels = imgs.to(device), labels.to(device)
+        with autocast(device):
+            logits = model(imgs)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        total += labels.numel()
+    return 100.0 * correct / total
+
+
+def fit(*, train_set: Dataset, opt_cfg: OptimConfig, seed: int, num_workers: int, device: torch.device,
+        module: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, schedule, checkpoint: Checkpoint,
+        saved: dict[str, Any], tracker, evaluate=None, stop_after: int | None = None) -> list[dict]:
+    """The epoch loop every stage shares; resumes from `checkpoint` and returns the metric history.
+
+    `loss_fn(*batch)` computes the loss of one batch (already on `device`); `module` is put in
+    train mode each epoch; `saved` names what the checkpoint holds; `evaluate()` -> test top-1.
+    """
+    start, history = checkpoint.resume(**saved)
+    for epoch in range(start, opt_cfg.epochs):
+        module.train()
+        total, count = 0.0, 0
+        for step, batch in enumerate(epoch_loader(train_set, opt_cfg.batch_size, seed, epoch, num_workers=num_workers)):
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            with autocast(device):
+                loss = loss_fn(*batch)
+            check_finite(loss, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item(), count + 1
+        metrics = {"loss": total / count, "lr": max(g["lr"] for g in optimizer.param_groups)}
+        if evaluate is not None:
+            metrics["test_acc1"] = evaluate()
+        history.append(metrics)
+        tracker.log(metrics, step=epoch)
+        checkpoint.save(epoch + 1, history, **saved)
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < opt_cfg.epochs:
+            raise Interrupted(f"stopped after epoch {epoch + 1} as asked")
+    return history
+
+
+def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, **kwargs):
+    """timm's optimizer factory (no weight decay on norms and biases) + the warm-up/cosine schedule."""
+    from timm.optim import create_optimizer_v2
+
+    extra = {"betas": opt_cfg.betas} if opt_cfg.optimizer == "adamw" else {"momentum": opt_cfg.momentum}
+    optimizer = create_optimizer_v2(params_or_model, opt_cfg.optimizer, lr=opt_cfg.lr,
+                                    weight_decay=opt_cfg.weight_decay, **extra, **kwargs)
+    return optimizer, warmup_cosine(optimizer, opt_cfg, steps_per_epoch(n_train, opt_cfg.batch_size))

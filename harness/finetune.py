@@ -1,0 +1,54 @@
+"""Stage 2b: end-to-end fine-tuning of the pre-trained encoder (paper section 5.1, Table 18).
+
+AdamW with layer-wise lr decay, drop path, mixup / cutmix and label smoothing, all from timm;
+RandAugment through timm's transform when the recipe names one. Reports top-1 on the test split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from harness import engine
+from harness.config import FinetuneConfig, RunConfig
+from harness.data import build_dataset, dataset_info, eval_transform, finetune_transform
+from harness.linprobe import eval_loader, load_encoder
+from harness.model import Classifier
+
+
+def criterion_and_mixup(opt_cfg: FinetuneConfig, num_classes: int):
+    if opt_cfg.mixup > 0 or opt_cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=opt_cfg.mixup, cutmix_alpha=opt_cfg.cutmix,
+                      label_smoothing=opt_cfg.label_smoothing, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    if opt_cfg.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(opt_cfg.label_smoothing), None
+    return torch.nn.CrossEntropyLoss(), None
+
+
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: int | None = None) -> dict[str, float]:
+    device = engine.select_device(cfg)
+    engine.seed_everything(cfg.seed)
+    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.data.image_size, cfg.finetune
+    model = Classifier(load_encoder(cfg, parent_dir, drop_path=opt_cfg.drop_path), info.num_classes).to(device)
+    train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True,
+                                        transform=finetune_transform(info, size, opt_cfg.rand_augment)),
+                          cfg.data.train_subset)
+    test = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=False,
+                                       transform=eval_transform(info, size)), cfg.data.test_subset)
+    criterion, mixup = criterion_and_mixup(opt_cfg, info.num_classes)
+    optimizer, schedule = engine.optimizer_and_schedule(model, opt_cfg, len(train), layer_decay=opt_cfg.layer_decay)
+
+    def loss_fn(imgs, labels):
+        if mixup is not None:
+            imgs, labels = mixup(imgs, labels)
+        return criterion(model(imgs), labels)
+
+    history = engine.fit(train_set=train, opt_cfg=opt_cfg, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                         device=device, module=model, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                         checkpoint=engine.Checkpoint(run_dir), tracker=tracker, stop_after=stop_after,
+                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device),
+                         saved={"model": model, "optimizer": optimizer, "schedule": schedule})
+    return {"test_acc1": history[-1]["test_acc1"], "best_test_acc1": max(h["test_acc1"] for h in history)}

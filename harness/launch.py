@@ -1,0 +1,130 @@
+"""Run one stage as a submitit job (local executor or Slurm) and wait for it.
+
+Snakemake calls this once per stage run:
+    python -m harness.launch --stage pretrain --run-dir results/runs/<signature> --config '<json>' ...
+It writes the run's resolved config, submits a `StageJob` with a fresh submitit folder for
+this attempt (a reused Slurm job id can never return an old result), and waits. The job
+checkpoints every epoch; on a Slurm timeout or preemption submitit requeues it
+(Checkpointable) and it resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+from harness import engine
+from harness.config import RunConfig, signature, stage_config
+
+DEFAULT_EXECUTOR: dict[str, Any] = {"kind": "local", "timeout_min": 24 * 60, "cpus_per_task": 2}
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """The callable submitit runs; calling it again (after a requeue) resumes the stage."""
+
+    def __init__(self, stage: str, config: dict, run_dir: str, results_dir: str, parent: str | None,
+                 tags: dict[str, str], threads: int | None = None, stop_after: int | None = None):
+        self.stage, self.config, self.run_dir, self.results_dir = stage, config, run_dir, results_dir
+        self.parent, self.tags, self.threads, self.stop_after = parent, tags, threads, stop_after
+
+    def __call__(self) -> dict[str, float]:
+        from harness.tracking import StageTracker
+
+        cfg = RunConfig.model_validate(self.config)
+        run_dir, results_dir = Path(self.run_dir), Path(self.results_dir)
+        engine.set_threads(self.threads)
+        stage = importlib.import_module(f"harness.{self.stage}")
+        parent_dir = results_dir / "runs" / self.parent if self.parent else None
+        params = {**cfg.model_dump(mode="json"), "stage": self.stage, "parent": self.parent or ""}
+        with StageTracker(results_dir, run_dir, self.tags, params) as tracker:
+            metrics = stage.run(cfg, run_dir, tracker, parent_dir=parent_dir, stop_after=self.stop_after)
+            tracker.log({f"final_{k}": v for k, v in metrics.items()}, step=0)
+            result = {"stage": self.stage, "signature": run_dir.name, "metrics": metrics,
+                      "mlflow_run_id": tracker.run_id, "tags": self.tags}
+        write_json_atomic(run_dir / f"{self.stage}.json", result)
+        return metrics
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def make_executor(executor: dict[str, Any], folder: Path) -> submitit.Executor:
+    """submitit executor from the profile's `executor` config; the cluster is always explicit."""
+    ex_cfg = {**DEFAULT_EXECUTOR, **executor}
+    kind = ex_cfg["kind"]
+    if kind == "local":
+        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+        ex.update_parameters(timeout_min=ex_cfg["timeout_min"])
+    elif kind == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                   slurm_max_num_timeout=ex_cfg.get("max_num_timeout", 10))
+        params = {k: ex_cfg[k] for k in ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb") if k in ex_cfg}
+        if ex_cfg.get("partition"):
+            params["slurm_partition"] = ex_cfg["partition"]
+        if ex_cfg.get("additional"):
+            params["slurm_additional_parameters"] = dict(ex_cfg["additional"])
+        ex.update_parameters(**params)
+    else:
+        raise ValueError(f"unknown executor kind {kind!r}; choose 'local' or 'slurm'")
+    return ex
+
+
+def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: dict[str, Any], *, parent: str | None = None,
+           tags: dict[str, str] | None = None, stop_after: int | None = None):
+    """Write the run's config and submit its StageJob; returns the submitit job."""
+    run_dir = Path(run_dir).resolve()
+    expected = signature(cfg, stage)
+    if run_dir.name != expected:
+        raise ValueError(f"run folder {run_dir.name} does not match the config's {stage} signature {expected}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"stage_config": stage_config(cfg, stage), "config": cfg.model_dump(mode="json")}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    ex = make_executor(executor, run_dir / "submitit" / attempt)
+    ex.update_parameters(name=f"{stage}-{run_dir.name}")
+    threads = {**DEFAULT_EXECUTOR, **executor}.get("cpus_per_task")
+    job_tags = {"signature": run_dir.name, "stage": stage, **(tags or {})}
+    if parent:
+        job_tags["parent"] = parent
+    job = StageJob(stage, cfg.model_dump(mode="json"), str(run_dir), str(run_dir.parent.parent), parent,
+                   job_tags, threads, stop_after)
+    return ex.submit(job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", required=True, choices=["pretrain", "linprobe", "finetune"])
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--config", required=True, help="resolved RunConfig as JSON")
+    ap.add_argument("--parent", default=None, help="signature of the pre-training run (evaluation stages)")
+    ap.add_argument("--executor", default="{}", help="executor settings as JSON")
+    ap.add_argument("--tags", default="{}", help="MLflow tags as JSON")
+    args = ap.parse_args(argv)
+    cfg = RunConfig.model_validate_json(args.config)
+    job = submit(args.stage, cfg, args.run_dir, json.loads(args.executor), parent=args.parent,
+                 tags=json.loads(args.tags))
+    print(f"[harness] {args.stage} {args.run_dir.name}: submitted job {job.job_id} "
+          f"(logs: {job.paths.stdout})", flush=True)
+    try:
+        metrics = job.result()
+    except Exception as err:  # the job's own traceback is in its submitit logs
+        print(f"[harness] {args.stage} {args.run_dir.name} FAILED: {err}\n"
+              f"[harness] logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)
+        return 1
+    print(f"[harness] {args.stage} {args.run_dir.name} done: {metrics}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Stage 2a: linear probing of the frozen pre-trained encoder (paper section 5.1, MAE's protocol).
+
+Features: average-pooled last encoder layer, no masks, no decoder. Head: BatchNorm1d without
+affine + Linear. With `augment` (the paper recipe) each step runs the frozen encoder on
+RandomResizedCrop + flip views; without it (smoke, tiny) features are computed once and cached.
+Reports top-1 on the test split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from harness import engine
+from harness.config import RunConfig
+from harness.data import build_dataset, dataset_info, eval_transform, probe_transform
+from harness.model import Encoder, LinearProbe
+from harness.pretrain import ENCODER_FILE
+
+
+def load_encoder(cfg: RunConfig, parent_dir: Path, drop_path: float = 0.0) -> Encoder:
+    """The encoder saved by the pre-training run in `parent_dir`."""
+    encoder = Encoder(cfg.model, cfg.data.image_size, dataset_info(cfg.data.name).channels, drop_path=drop_path)
+    encoder.load_state_dict(torch.load(Path(parent_dir) / ENCODER_FILE, map_location="cpu", weights_only=True))
+    return encoder
+
+
+@torch.no_grad()
+def extract(encoder: Encoder, ds, device: torch.device) -> TensorDataset:
+    encoder.eval()
+    feats, labels = [], []
+    for imgs, y in engine.epoch_loader(ds, 256, 0, 0, shuffle=False, drop_last=False):
+        with engine.autocast(device):
+            feats.append(encoder.features(imgs.to(device)).float().cpu())
+        labels.append(y)
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def eval_loader(ds):
+    return engine.epoch_loader(ds, 256, 0, 0, shuffle=False, drop_last=False)
+
+
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: int | None = None) -> dict[str, float]:
+    device = engine.select_device(cfg)
+    engine.seed_everything(cfg.seed)
+    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.data.image_size, cfg.linprobe
+    probe = LinearProbe(load_encoder(cfg, parent_dir), info.num_classes).to(device)
+    train_tf = probe_transform(info, size) if opt_cfg.augment else eval_transform(info, size)
+    train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True, transform=train_tf),
+                          cfg.data.train_subset)
+    test = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=False,
+                                       transform=eval_transform(info, size)), cfg.data.test_subset)
+    model: torch.nn.Module = probe
+    if not opt_cfg.augment:  # frozen encoder and fixed views: compute the features once
+        train, test = extract(probe.encoder, train, device), extract(probe.encoder, test, device)
+        model = probe.head
+    optimizer, schedule = engine.optimizer_and_schedule(probe.head, opt_cfg, len(train))
+
+    history = engine.fit(train_set=train, opt_cfg=opt_cfg, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                         device=device, module=probe.head, loss_fn=lambda x, y: F.cross_entropy(model(x), y),
+                         optimizer=optimizer, schedule=schedule, checkpoint=engine.Checkpoint(run_dir),
+                         tracker=tracker, stop_after=stop_after,
+                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device),
+                         saved={"head": probe.head, "optimizer": optimizer, "schedule": schedule})
+    return {"test_acc1": history[-1]["test_acc1"], "best_test_acc1": max(h["test_acc1"] for h in history)}

