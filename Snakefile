@@ -4,8 +4,8 @@
 #   snakemake --profile slurm table3                       # paper scale, each stage a Slurm job via submitit
 #   snakemake --profile local table3 --config scale=tiny pretrain.epochs=1
 #
-# Config keys: scale (tiny|smoke|paper), executor (see profiles/*/harness.yaml), and any dotted
-# RunConfig field (pretrain.epochs=..., data.root=...) as an override for every cell.
+# Config keys: scale (tiny|smoke|paper), executor.FIELD (see profiles/*/harness.yaml), and any
+# dotted RunConfig field (pretrain.epochs=..., data.root=...) as an override for every cell.
 # Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
 import json
 import sys
@@ -27,7 +27,7 @@ rule all:
 for _study in PLAN.studies:
     rule:
         name: _study.name
-        input: lambda wc, s=_study: PLAN.table_inputs(s), f"studies/{_study.name}.yaml"
+        input: lambda wc, s=_study: PLAN.table_inputs(s), PLAN.studies_dir / f"{_study.name}.yaml"
         output: PLAN.table_files(_study)
         params: study=_study.name
         localrule: True

@@ -176,6 +176,8 @@ def fit(*, train_set: Dataset, opt_cfg: OptimConfig, seed: int, num_workers: int
     train mode each epoch; `saved` names what the checkpoint holds; `evaluate()` -> test top-1.
     """
     start, history = checkpoint.resume(**saved)
+    if start:
+        tracker.log({"resumed_at_epoch": start}, step=start)
     for epoch in range(start, opt_cfg.epochs):
         module.train()
         total, count = 0.0, 0

@@ -33,10 +33,12 @@ class Plan:
     def from_snakemake_config(cls, config: dict[str, Any]) -> "Plan":
         unknown = sorted(k for k in config if k not in KNOWN_KEYS and "." not in k)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}: use scale=..., executor, or a dotted "
-                              f"config field such as pretrain.epochs=2")
-        overrides = {k: v for k, v in config.items() if "." in k}
-        return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides)
+            raise ConfigError(f"unknown config key(s) {unknown}: use scale=..., executor.FIELD=..., or a "
+                              f"dotted run config field such as pretrain.epochs=2")
+        executor = dict(config.get("executor") or {})
+        executor.update({k.removeprefix("executor."): v for k, v in config.items() if k.startswith("executor.")})
+        overrides = {k: v for k, v in config.items() if "." in k and not k.startswith("executor.")}
+        return cls(config.get("scale", "smoke"), executor, overrides)
 
     @property
     def overrides_json(self) -> str:

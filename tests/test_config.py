@@ -1,0 +1,94 @@
+"""Configs, signatures, studies and the plan; bad input is refused with one clear line."""
+import pytest
+
+from harness.config import RunConfig, signature
+from harness.studies import ConfigError, expand, load_study, plan
+from harness.workflow import Plan, check_executor
+
+
+def cells(scale="tiny", **overrides):
+    return expand(load_study("table3"), scale, overrides)
+
+
+def test_table3_cells():
+    cs = cells()
+    assert [c.label for c in cs] == ["M=1", "M=2", "M=4"]
+    assert [c.config.segments.size for c in cs] == [1, 2, 4]
+    assert all(c.config.segments.order == "random" for c in cs)
+
+
+def test_paper_scale_is_the_paper_recipe():
+    cfg = cells("paper")[1].config
+    assert (cfg.data.name, cfg.data.image_size) == ("cifar10", 32)
+    m = cfg.model
+    assert (m.patch_size, m.embed_dim, m.depth, m.num_heads, m.decoder_depth) == (4, 192, 12, 3, 3)
+    assert (cfg.pretrain.optimizer, cfg.pretrain.weight_decay, cfg.pretrain.base_lr) == ("adamw", 0.05, 1e-3)
+    assert cfg.pretrain.lr == pytest.approx(1e-3 * 512 / 256)
+    assert (cfg.linprobe.epochs, cfg.finetune.epochs) == (90, 100)
+    f = cfg.finetune
+    assert (f.drop_path, f.mixup, f.cutmix, f.label_smoothing) == (0.1, 0.8, 1.0, 0.1)
+
+
+def test_signature_is_the_config():
+    a, b = cells()[1].config, cells()[1].config
+    assert signature(a, "pretrain") == signature(b, "pretrain")
+    changed = RunConfig.model_validate({**a.model_dump(), "seed": 1})
+    assert signature(changed, "pretrain") != signature(a, "pretrain")
+    # where the data lives and how many workers load it do not change what is computed
+    moved = RunConfig.model_validate({**a.model_dump(), "data": {**a.data.model_dump(), "root": "/x", "num_workers": 4}})
+    assert signature(moved, "pretrain") == signature(a, "pretrain")
+    # an evaluation-only change keeps the pre-training run and changes the evaluation run
+    probe = RunConfig.model_validate({**a.model_dump(), "linprobe": {**a.linprobe.model_dump(), "epochs": 7}})
+    assert signature(probe, "pretrain") == signature(a, "pretrain")
+    assert signature(probe, "linprobe") != signature(a, "linprobe")
+    assert signature(probe, "finetune") == signature(a, "finetune")
+
+
+def test_plan_dedups_same_config():
+    study = load_study("table3")
+    runs = plan([study, study], "tiny")
+    assert sorted(r.stage for r in runs.values()) == ["finetune"] * 3 + ["linprobe"] * 3 + ["pretrain"] * 3
+    for r in runs.values():
+        if r.parent:
+            assert runs[r.parent].stage == "pretrain"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"segments.size": 3}, "M=3 does not divide the 8x8 token grid"),
+    ({"model.patch_size": 5}, "patch_size=5 does not divide data.image_size=32"),
+    ({"pretrain.epochz": 2}, "pretrain.epochz: Extra inputs are not permitted"),
+    ({"model.num_heads": 3}, "embed_dim=32 is not divisible by model.num_heads=3"),
+    ({"pretrain.epochs": 0}, "pretrain.epochs: Input should be greater than 0"),
+])
+def test_bad_overrides_are_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        cells(**overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("study table3, cell M=")
+
+
+def test_unknown_study_scale_and_key():
+    with pytest.raises(ConfigError, match="unknown study 'table99'.*studies are .*table3"):
+        load_study("table99")
+    with pytest.raises(ConfigError, match="unknown scale 'huge'"):
+        Plan.from_snakemake_config({"scale": "huge"})
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epochs'\]"):
+        Plan.from_snakemake_config({"epochs": 3})
+
+
+def test_missing_dataset_is_refused_before_submission(tmp_path):
+    with pytest.raises(ConfigError, match="cifar10.*python -m harness.data fetch cifar10"):
+        Plan.from_snakemake_config({"scale": "paper", "data.root": str(tmp_path / "nowhere")})
+
+
+def test_executor_checks():
+    check_executor({"kind": "local"})
+    with pytest.raises(ConfigError, match="unknown executor kind 'pbs'"):
+        check_executor({"kind": "pbs"})
+
+
+def test_executor_overrides_from_snakemake_config():
+    p = Plan.from_snakemake_config({"scale": "tiny", "executor": {"kind": "local", "cpus_per_task": 2},
+                                    "executor.cpus_per_task": 1, "pretrain.epochs": 1})
+    assert p.executor["cpus_per_task"] == 1 and p.overrides == {"pretrain.epochs": 1}
+    assert all(r.config.pretrain.epochs == 1 for r in p.runs.values())
