@@ -2,10 +2,11 @@
 #
 #   snakemake --profile local table3                       # embedded default (scale smoke, local executor)
 #   snakemake --profile slurm table3                       # paper scale, each stage a Slurm job via submitit
-#   snakemake --profile local table3 --config scale=tiny pretrain.epochs=1
+#   snakemake --profile local table3 --config scale=tiny 'pretrain={epochs: 1}'
 #
-# Config keys: scale (tiny|smoke|paper), executor.FIELD (see profiles/*/harness.yaml), and any
-# dotted RunConfig field (pretrain.epochs=..., data.root=...) as an override for every cell.
+# Config keys: scale (tiny|smoke|paper); executor (see profiles/*/harness.yaml; --config
+# 'executor={mem_gb: 8}' merges into the profile's); and the run config sections (data, model,
+# segments, pretrain, linprobe, finetune, seed) as overrides for every cell.
 # Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
 import json
 import sys
@@ -13,7 +14,7 @@ import sys
 from harness.workflow import Plan
 
 PY = sys.executable
-PLAN = Plan.from_snakemake_config(config)
+PLAN = Plan.for_snakefile(config)
 
 wildcard_constraints:
     sig="[0-9a-f]{12}",

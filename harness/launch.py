@@ -16,15 +16,29 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import submitit
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness import engine
 from harness.config import RunConfig, signature, stage_config
 
-DEFAULT_EXECUTOR: dict[str, Any] = {"kind": "local", "timeout_min": 24 * 60, "cpus_per_task": 2}
+
+
+class ExecutorConfig(BaseModel):
+    """Where stage jobs run: the profile's `executor` block (profiles/*/harness.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["local", "slurm"] = "local"
+    partition: str | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(2, gt=0)  # also the torch threads of the job
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int = Field(24 * 60, gt=0)  # per attempt; Slurm requeues on timeout
+    max_num_timeout: int = Field(10, ge=0)
+    additional: dict[str, Any] = {}  # other sbatch options (account, qos, constraint, ...)
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -59,28 +73,27 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def make_executor(executor: dict[str, Any], folder: Path) -> submitit.Executor:
-    """submitit executor from the profile's `executor` config; the cluster is always explicit."""
-    ex_cfg = {**DEFAULT_EXECUTOR, **executor}
-    kind = ex_cfg["kind"]
-    if kind == "local":
+def make_executor(executor: ExecutorConfig, folder: Path) -> submitit.Executor:
+    """submitit executor; the cluster is always explicit (AutoExecutor would pick Slurm whenever
+    Slurm's tools are installed)."""
+    if executor.kind == "local":
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
-        ex.update_parameters(timeout_min=ex_cfg["timeout_min"])
-    elif kind == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
-                                   slurm_max_num_timeout=ex_cfg.get("max_num_timeout", 10))
-        params = {k: ex_cfg[k] for k in ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb") if k in ex_cfg}
-        if ex_cfg.get("partition"):
-            params["slurm_partition"] = ex_cfg["partition"]
-        if ex_cfg.get("additional"):
-            params["slurm_additional_parameters"] = dict(ex_cfg["additional"])
-        ex.update_parameters(**params)
-    else:
-        raise ValueError(f"unknown executor kind {kind!r}; choose 'local' or 'slurm'")
+        ex.update_parameters(timeout_min=executor.timeout_min)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=executor.max_num_timeout)
+    params: dict[str, Any] = {"timeout_min": executor.timeout_min, "gpus_per_node": executor.gpus_per_node,
+                              "cpus_per_task": executor.cpus_per_task}
+    if executor.mem_gb:
+        params["mem_gb"] = executor.mem_gb
+    if executor.partition:
+        params["slurm_partition"] = executor.partition
+    if executor.additional:
+        params["slurm_additional_parameters"] = dict(executor.additional)
+    ex.update_parameters(**params)
     return ex
 
 
-def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: dict[str, Any], *, parent: str | None = None,
+def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: ExecutorConfig, *, parent: str | None = None,
            tags: dict[str, str] | None = None, stop_after: int | None = None):
     """Write the run's config and submit its StageJob; returns the submitit job."""
     run_dir = Path(run_dir).resolve()
@@ -93,12 +106,11 @@ def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: dict[str, Any], 
     attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     ex = make_executor(executor, run_dir / "submitit" / attempt)
     ex.update_parameters(name=f"{stage}-{run_dir.name}")
-    threads = {**DEFAULT_EXECUTOR, **executor}.get("cpus_per_task")
     job_tags = {"signature": run_dir.name, "stage": stage, **(tags or {})}
     if parent:
         job_tags["parent"] = parent
     job = StageJob(stage, cfg.model_dump(mode="json"), str(run_dir), str(run_dir.parent.parent), parent,
-                   job_tags, threads, stop_after)
+                   job_tags, executor.cpus_per_task, stop_after)
     return ex.submit(job)
 
 
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tags", default="{}", help="MLflow tags as JSON")
     args = ap.parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config)
-    job = submit(args.stage, cfg, args.run_dir, json.loads(args.executor), parent=args.parent,
+    job = submit(args.stage, cfg, args.run_dir, ExecutorConfig.model_validate_json(args.executor), parent=args.parent,
                  tags=json.loads(args.tags))
     print(f"[harness] {args.stage} {args.run_dir.name}: submitted job {job.job_id} "
           f"(logs: {job.paths.stdout})", flush=True)

@@ -88,7 +88,7 @@ def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
     try:
         study = Study(name=name, **raw)
     except ValidationError as err:
-        raise ConfigError(f"study {name}: {_one_line(err)}") from None
+        raise ConfigError(f"study {name}: {one_line(err)}") from None
     unknown = set(study.layout.columns) - set(study.factors)
     if unknown:
         raise ConfigError(f"study {name}: layout columns {sorted(unknown)} are not factors {sorted(study.factors)}")
@@ -100,7 +100,10 @@ def cell_label(study: Study, values: dict[str, Any]) -> str:
 
 
 def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) -> list[Cell]:
-    """Every (cell, seed) of a study at a scale, with its validated config."""
+    """Every (cell, seed) of a study at a scale, with its validated config.
+
+    `overrides` is a nested dict applied to every cell last, e.g. {"pretrain": {"epochs": 2}}.
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)}")
     try:
@@ -114,12 +117,11 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) ->
         label = cell_label(study, values)
         factor_set = dotted_to_nested({study.factors[n].field: v for n, v in values.items()})
         for seed in study.seeds:
-            raw = deep_merge(deep_merge(deep_merge(base, factor_set), {"seed": seed}),
-                             dotted_to_nested(overrides or {}))
+            raw = deep_merge(deep_merge(deep_merge(base, factor_set), {"seed": seed}), overrides or {})
             try:
                 config = RunConfig.model_validate(raw)
             except ValidationError as err:
-                raise ConfigError(f"study {study.name}, cell {label}: {_one_line(err)}") from None
+                raise ConfigError(f"study {study.name}, cell {label}: {one_line(err)}") from None
             cells.append(Cell(study.name, label, seed, config))
     return cells
 
@@ -142,7 +144,7 @@ def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = No
     return runs
 
 
-def _one_line(err: ValidationError) -> str:
+def one_line(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])

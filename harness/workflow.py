@@ -5,16 +5,21 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from harness.data import DataError, check_data
-from harness.launch import DEFAULT_EXECUTOR
-from harness.scales import SCALES
-from harness.studies import (METRIC_STAGE, ROOT, STUDIES_DIR, ConfigError, StageRun, Study,
-                             available_studies, load_study, plan)
+from pydantic import ValidationError
 
-KNOWN_KEYS = {"scale", "executor"}
+from harness.config import RunConfig
+from harness.data import DataError, check_data
+from harness.launch import ExecutorConfig
+from harness.scales import SCALES
+from harness.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies, load_study,
+                             one_line, plan)
+
+OVERRIDABLE = set(RunConfig.model_fields)  # data, model, segments, pretrain, ..., seed
+KNOWN_KEYS = {"scale", "executor", *OVERRIDABLE}
 
 
 class Plan:
@@ -22,23 +27,34 @@ class Plan:
                  results_dir: Path = Path("results"), studies_dir: Path = STUDIES_DIR):
         if scale not in SCALES:
             raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)} (--config scale=...)")
-        self.scale, self.executor, self.overrides = scale, {**DEFAULT_EXECUTOR, **executor}, overrides
+        try:
+            self.executor = ExecutorConfig.model_validate(executor)
+        except ValidationError as err:
+            raise ConfigError(f"executor: {one_line(err)}") from None
+        self.scale, self.overrides = scale, overrides
         self.results_dir, self.studies_dir = Path(results_dir), Path(studies_dir)
         self.studies: list[Study] = [load_study(n, self.studies_dir) for n in available_studies(self.studies_dir)]
         self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides)
         self._check_data()
-        check_executor(self.executor)
+        check_slurm(self.executor)
 
     @classmethod
     def from_snakemake_config(cls, config: dict[str, Any]) -> "Plan":
-        unknown = sorted(k for k in config if k not in KNOWN_KEYS and "." not in k)
+        unknown = sorted(k for k in config if k not in KNOWN_KEYS)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}: use scale=..., executor.FIELD=..., or a "
-                              f"dotted run config field such as pretrain.epochs=2")
-        executor = dict(config.get("executor") or {})
-        executor.update({k.removeprefix("executor."): v for k, v in config.items() if k.startswith("executor.")})
-        overrides = {k: v for k, v in config.items() if "." in k and not k.startswith("executor.")}
-        return cls(config.get("scale", "smoke"), executor, overrides)
+            raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor and the run config "
+                              f"sections {', '.join(sorted(OVERRIDABLE))}, e.g. 'pretrain={{epochs: 2}}'")
+        overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
+        return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides)
+
+    @classmethod
+    def for_snakefile(cls, config: dict[str, Any]) -> "Plan":
+        """The plan, or one clear error line and exit 1 before Snakemake schedules anything."""
+        try:
+            return cls.from_snakemake_config(config)
+        except ConfigError as err:
+            print(f"randsac-harness: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     @property
     def overrides_json(self) -> str:
@@ -80,32 +96,32 @@ class Plan:
                 "cells": "; ".join(f"{s}:{c}" for s, c in run.cells),
                 "mlflow.runName": f"{first_study}/{first_cell}/{stage}"}
         args = ["--stage", stage, "--run-dir", str(self.results_dir / "runs" / sig),
-                "--config", run.config.model_dump_json(), "--executor", json.dumps(self.executor),
+                "--config", run.config.model_dump_json(), "--executor", self.executor.model_dump_json(),
                 "--tags", json.dumps(tags)]
         if run.parent:
             args += ["--parent", run.parent]
         return shlex.join(args)
 
 
-def check_executor(executor: dict[str, Any]) -> None:
+def check_slurm(executor: ExecutorConfig) -> None:
     """Refuse a Slurm profile this machine's Slurm cannot serve, before anything is submitted."""
-    kind = executor.get("kind")
-    if kind == "local":
+    if executor.kind != "slurm":
         return
-    if kind != "slurm":
-        raise ConfigError(f"unknown executor kind {kind!r}; choose local or slurm")
     if shutil.which("sinfo") is None:
         raise ConfigError("executor slurm: Slurm's sinfo is not on PATH; run from a Slurm login node "
                           "or use --profile local")
     out = subprocess.run(["sinfo", "-h", "-o", "%R %G"], capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise ConfigError(f"executor slurm: sinfo failed ({out.stderr.strip()}); is the cluster up?")
-    partitions = {line.split()[0]: line.split()[1] if len(line.split()) > 1 else "(null)"
-                  for line in out.stdout.splitlines() if line.strip()}
-    partition = executor.get("partition")
-    if partition and partition not in partitions:
+    gres: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name:
+            gres[name] = gres.get(name, "") + value
+    partition = executor.partition
+    if partition and partition not in gres:
         raise ConfigError(f"executor slurm: partition {partition!r} is unknown to Slurm; known: "
-                          f"{', '.join(sorted(partitions))} (set executor.partition in the profile)")
-    if executor.get("gpus_per_node") and partition and "gpu" not in partitions[partition]:
-        raise ConfigError(f"executor slurm: gpus_per_node={executor['gpus_per_node']} but partition "
-                          f"{partition!r} has no GPUs (gres {partitions[partition]}); set gpus_per_node: 0")
+                          f"{', '.join(sorted(gres))} (set executor.partition in the profile)")
+    if executor.gpus_per_node and partition and "gpu" not in gres[partition]:
+        raise ConfigError(f"executor slurm: gpus_per_node={executor.gpus_per_node} but partition "
+                          f"{partition!r} has no GPUs (gres {gres[partition] or 'none'}); set gpus_per_node: 0")

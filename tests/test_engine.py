@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import engine, finetune, linprobe, pretrain
-from harness.config import OptimConfig
+from harness.config import OptimConfig, dotted_to_nested
 from harness.studies import expand, load_study
 
 
@@ -23,8 +23,8 @@ class Recorder:
         self.logged.append((step, dict(metrics)))
 
 
-def tiny_cfg(**overrides):
-    return expand(load_study("table3"), "tiny", {"pretrain.epochs": 3, **overrides})[1].config
+def tiny_cfg(**dotted):
+    return expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 3, **dotted}))[1].config
 
 
 def test_same_config_and_seed_give_the_same_loss_curve(tmp_path):
