@@ -30,7 +30,10 @@ def memory_mask(ranks: torch.Tensor) -> torch.Tensor:
     return (ranks[:, None, :] < ranks[:, :, None]) | (first[:, :, None] & first[:, None, :])
 
 
-def additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Boolean (B, N, M) mask -> additive (B, 1, N, M) bias for every attention head."""
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return bias.masked_fill_(~mask, float("-inf")).unsqueeze(1)
+def for_heads(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, M) -> (B, 1, N, M): one mask for every attention head.
+
+    Boolean masks go straight to scaled_dot_product_attention (and timm's attention), so they
+    work in any precision, autocast included.
+    """
+    return mask.unsqueeze(1)

@@ -175,10 +175,9 @@ class RandSAC(nn.Module):
 
     def forward(self, imgs: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         """Predicted pixels (B, N, P*P*C); the first segment is never predicted (its rows are 0)."""
-        dtype = self.query_embed.dtype
-        memory = self.encoder(imgs, attn_mask=masks.additive(masks.source_mask(ranks), dtype))
-        target_mask = masks.additive(masks.target_mask(ranks), dtype)
-        memory_mask = masks.additive(masks.memory_mask(ranks), dtype)
+        memory = self.encoder(imgs, attn_mask=masks.for_heads(masks.source_mask(ranks)))
+        target_mask = masks.for_heads(masks.target_mask(ranks))
+        memory_mask = masks.for_heads(masks.memory_mask(ranks))
         x = self.query_embed.expand(imgs.shape[0], -1, -1)
         for block in self.decoder:
             x = block(x, memory, target_mask, memory_mask)

@@ -40,10 +40,20 @@ def test_masks_match_figure_4():
         assert m.any(dim=1).all()
 
 
-def test_additive_mask():
-    m = torch.tensor([[[True, False]]])
-    bias = masks.additive(m)
-    assert bias.shape == (1, 1, 1, 2) and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == float("-inf")
+def test_masked_attention_ignores_what_the_mask_hides():
+    """Boolean masks reach the attention kernels with True = attend (fused and unfused timm paths)."""
+    from timm.models.vision_transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(8, 2).eval()
+    x = torch.randn(1, 3, 8)
+    mask = masks.for_heads(torch.tensor([[[True, False, False], [True, True, False], [True, True, True]]]))
+    x2 = x.clone()
+    x2[0, 2] += 5.0  # only the last token may see the last token
+    for fused in (True, False):
+        attn.fused_attn = fused
+        a, b = attn(x, attn_mask=mask), attn(x2, attn_mask=mask)
+        assert torch.allclose(a[0, :2], b[0, :2], atol=1e-6) and not torch.allclose(a[0, 2], b[0, 2])
 
 
 @pytest.mark.parametrize("size", [1, 2, 4])

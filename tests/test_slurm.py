@@ -1,0 +1,101 @@
+"""The slurm profile through a real Slurm cluster (cluster/start.sh), at scale tiny on the CPU.
+
+Skipped with a reason when no cluster answers; under CI (CI=true) a missing cluster fails.
+"""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from harness import pretrain
+from harness.config import dotted_to_nested
+from harness.launch import ExecutorConfig, submit
+from harness.studies import expand, load_study
+from harness.tracking import client
+from test_engine import Recorder
+from test_workflow import job_counts, snakemake
+
+
+def cluster_state() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "Slurm's sinfo is not installed (bash cluster/install.sh)"
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout:
+        return f"no idle Slurm node answers ({(out.stderr or out.stdout).strip()}); start: bash cluster/start.sh"
+    return None
+
+
+reason = cluster_state()
+if reason and os.environ.get("CI"):
+    raise RuntimeError(f"CI needs the Slurm cluster: {reason}")
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+# the profile's partition and fake GPU, sized for this 2-core machine
+SMALL = "executor={cpus_per_task: 1, mem_gb: 2, timeout_min: 20}"
+
+
+def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dry = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", SMALL, profile="slurm")
+    assert dry.returncode == 0, dry.stderr
+    assert job_counts(dry.stdout) == {"pretrain": 3, "linprobe": 3, "finetune": 3, "table3": 1}
+
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", SMALL, profile="slurm")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    md = (tmp_path / "results" / "tables" / "table3.md").read_text()
+    assert "Scale `tiny`" in md and "—" not in md.split("\n\n", 1)[1]  # every cell filled
+
+    runs = client(tmp_path / "results").search_runs(
+        [client(tmp_path / "results").get_experiment_by_name("randsac-harness").experiment_id])
+    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
+    # every stage really ran as a Slurm job on the gpu partition, with the profile's resources
+    for r in runs:
+        run_dir = tmp_path / "results" / "runs" / r.data.tags["signature"]
+        job_ids = [p.name.split("_")[0] for p in run_dir.glob("submitit/*/*_submitted.pkl")]
+        assert len(job_ids) == 1
+        acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_ids[0], "-o", "State,Partition,AllocTRES"],
+                              capture_output=True, text=True).stdout
+        assert acct.startswith("COMPLETED|gpu|") and "gres/gpu=1" in acct and "cpu=1" in acct
+
+
+def test_unknown_partition_is_refused_before_submission(tmp_path):
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "executor={partition: nope}", profile="slurm")
+    assert out.returncode != 0
+    assert "partition 'nope' is unknown to Slurm; known: cpu, gpu" in out.stderr
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch):
+    """submitit's timeout interrupt: the job checkpoints, Slurm requeues it, it resumes exactly."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 6}))[1].config
+    run_dir = tmp_path / "results" / "runs" / expand(load_study("table3"), "tiny", dotted_to_nested(
+        {"pretrain.epochs": 6}))[1].signature("pretrain")
+    executor = ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1, cpus_per_task=2, mem_gb=2,
+                              timeout_min=20, max_num_timeout=3)
+    job = submit("pretrain", cfg, run_dir, executor, tags={"study": "test", "cell": "requeue"})
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint.pt").exists():  # let it finish an epoch first
+        assert time.time() < deadline and not job.done(), job.stderr()
+        time.sleep(0.5)
+    job._interrupt(timeout=True)
+    metrics = job.result()
+
+    c = client(tmp_path / "results")
+    run = c.get_run((run_dir / "mlflow_run_id").read_text())
+    assert run.info.status == "FINISHED"
+    resumed = c.get_metric_history(run.info.run_id, "resumed_at_epoch")
+    assert len(resumed) == 1 and 1 <= resumed[0].value < 6  # continued, not restarted
+    sacct = subprocess.run(["sacct", "-n", "-P", "-j", str(job.job_id), "-o", "State", "-D", "-X"],
+                           capture_output=True, text=True).stdout
+    assert "REQUEUED" in sacct or "PREEMPTED" in sacct or "TIMEOUT" in sacct
+    # the same losses as an uninterrupted run of the same config and seed
+    by_epoch = {m.step: m.value for m in sorted(c.get_metric_history(run.info.run_id, "loss"),
+                                                  key=lambda m: m.timestamp)}  # an epoch cut short is logged once
+    losses = [by_epoch[e] for e in range(6)]
+    straight = Recorder()
+    pretrain.run(cfg, tmp_path / "straight", straight)
+    assert losses == [m["loss"] for _, m in straight.logged]
+    assert metrics["final_loss"] == straight.logged[-1][1]["loss"]
