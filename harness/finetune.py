@@ -1,4 +1,5 @@
-"""Stage 2b: end-to-end fine-tuning of the pre-trained encoder (paper section 5.1, Table 18).
+"""Stage 2b: end-to-end fine-tuning of the pre-trained encoder (paper section 5.1, Table 18);
+from random initialisation it is Table 7's supervised baseline.
 
 AdamW with layer-wise lr decay, drop path, mixup / cutmix and label smoothing, all from timm;
 RandAugment through timm's transform when the recipe names one. Reports top-1 on the test split.
@@ -28,10 +29,10 @@ def criterion_and_mixup(opt_cfg: FinetuneConfig, num_classes: int):
     return torch.nn.CrossEntropyLoss(), None
 
 
-def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: int | None = None) -> dict[str, float]:
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None) -> dict[str, float]:
     device = engine.select_device(cfg)
     engine.seed_everything(cfg.seed)
-    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.data.image_size, cfg.finetune
+    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.eval_size, cfg.finetune
     model = Classifier(load_encoder(cfg, parent_dir, drop_path=opt_cfg.drop_path), info.num_classes).to(device)
     train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True,
                                         transform=finetune_transform(info, size, opt_cfg.rand_augment)),
@@ -41,7 +42,7 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: in
     criterion, mixup = criterion_and_mixup(opt_cfg, info.num_classes)
     optimizer, schedule = engine.optimizer_and_schedule(model, opt_cfg, len(train), layer_decay=opt_cfg.layer_decay)
 
-    def loss_fn(imgs, labels):
+    def loss_fn(imgs, labels, epoch):
         if mixup is not None:
             imgs, labels = mixup(imgs, labels)
         return criterion(model(imgs), labels)

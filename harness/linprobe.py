@@ -16,14 +16,19 @@ from torch.utils.data import TensorDataset
 from harness import engine
 from harness.config import RunConfig
 from harness.data import build_dataset, dataset_info, eval_transform, probe_transform
-from harness.model import Encoder, LinearProbe
+from harness.model import Encoder, LinearProbe, init_weights
 from harness.pretrain import ENCODER_FILE
 
 
-def load_encoder(cfg: RunConfig, parent_dir: Path, drop_path: float = 0.0) -> Encoder:
-    """The encoder saved by the pre-training run in `parent_dir`."""
+def load_encoder(cfg: RunConfig, parent_dir: Path | None, drop_path: float = 0.0) -> Encoder:
+    """The encoder saved by the pre-training run in `parent_dir`; randomly initialised without
+    one (the supervised baseline). Its position encodings are those of the pre-training
+    resolution, interpolated when evaluation runs at another size."""
     encoder = Encoder(cfg.model, cfg.data.image_size, dataset_info(cfg.data.name).channels, drop_path=drop_path)
-    encoder.load_state_dict(torch.load(Path(parent_dir) / ENCODER_FILE, map_location="cpu", weights_only=True))
+    if parent_dir is None:
+        init_weights(encoder)
+    else:
+        encoder.load_state_dict(torch.load(Path(parent_dir) / ENCODER_FILE, map_location="cpu", weights_only=True))
     return encoder
 
 
@@ -42,10 +47,10 @@ def eval_loader(ds):
     return engine.epoch_loader(ds, 256, 0, 0, shuffle=False, drop_last=False)
 
 
-def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: int | None = None) -> dict[str, float]:
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None) -> dict[str, float]:
     device = engine.select_device(cfg)
     engine.seed_everything(cfg.seed)
-    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.data.image_size, cfg.linprobe
+    info, size, opt_cfg = dataset_info(cfg.data.name), cfg.eval_size, cfg.linprobe
     probe = LinearProbe(load_encoder(cfg, parent_dir), info.num_classes).to(device)
     train_tf = probe_transform(info, size) if opt_cfg.augment else eval_transform(info, size)
     train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True, transform=train_tf),
@@ -59,7 +64,7 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path, stop_after: in
     optimizer, schedule = engine.optimizer_and_schedule(probe.head, opt_cfg, len(train))
 
     history = engine.fit(train_set=train, opt_cfg=opt_cfg, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                         device=device, module=probe.head, loss_fn=lambda x, y: F.cross_entropy(model(x), y),
+                         device=device, module=probe.head, loss_fn=lambda x, y, epoch: F.cross_entropy(model(x), y),
                          optimizer=optimizer, schedule=schedule, checkpoint=engine.Checkpoint(run_dir),
                          tracker=tracker, stop_after=stop_after,
                          evaluate=lambda: engine.accuracy(model, eval_loader(test), device),

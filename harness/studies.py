@@ -1,9 +1,10 @@
 """Studies: one YAML file per paper table in studies/, expanded into cells and stage runs.
 
-A study names a dataset, a base config, factors (each a config field and its values), the
-metrics of the table (lin -> linprobe stage, ft -> finetune stage), its layout and the paper's
-numbers. Its cells are the product of the factors' values; each cell's config is
-    scale preset (scale, dataset)  <-  study base  <-  cell factors  <-  user overrides
+A study names its datasets, a base config, factors (a config field and its values, or named
+variants), the metrics of the table (lin -> linprobe stage, ft -> finetune stage), its layout
+and the paper's numbers. Its cells are dataset x the product of the factors' values; each cell's
+config is
+    scale preset (scale, dataset, recipe) <- study base <- per-scale overrides <- factors <- user
 and the plan maps every stage of every cell to a run signature: the same config is one run.
 """
 from __future__ import annotations
@@ -30,16 +31,21 @@ class ConfigError(ValueError):
 
 
 class Factor(BaseModel):
+    """One axis of a study: a config field and its values, or named variants (label -> config patch)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    field: str  # dotted config path, e.g. segments.size
-    values: list[Any] = Field(min_length=1)
-    label: str = "{name}={value}"  # how a value reads in the table header
+    field: str | None = None  # dotted config path, e.g. segments.size
+    values: list[Any] | dict[str, dict[str, Any]]
+    label: str = "{name}={value}"  # how a plain value reads in the table
+
+    def variants(self, name: str) -> list[tuple[str, Any, dict]]:
+        """(label, value for the setting template, nested config patch) of every value."""
+        if isinstance(self.values, dict):
+            return [(label, label, patch) for label, patch in self.values.items()]
+        return [(self.label.format(name=name, value=v), v, dotted_to_nested({self.field: v})) for v in self.values]
 
 
-class Layout(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    columns: list[str]  # factor names whose values make the columns
-    rows: Literal["metric"] = "metric"
+Numbers = dict[str, dict[str, dict[str, float]]]  # dataset -> setting -> metric -> value
 
 
 class Study(BaseModel):
@@ -47,24 +53,41 @@ class Study(BaseModel):
     name: str
     table: int
     caption: str
-    dataset: str
+    datasets: list[str] = Field(min_length=1)  # the paper's datasets; each cell runs on each
+    recipe: str | None = None  # scales.RECIPES; default: the dataset's own
     base: dict[str, Any] = {}
-    factors: dict[str, Factor]
+    scales: dict[str, dict[str, Any]] = {}  # per-scale overrides, e.g. smaller images at smoke
+    dataset_base: dict[str, dict[str, Any]] = {}  # per-dataset overrides, where that dataset really runs
+    factors: dict[str, Factor] = {}
+    setting: str | None = None  # the paper's name of a cell, e.g. "square M={M}"; default: its labels
     metrics: list[Literal["lin", "ft"]] = Field(min_length=1)
-    layout: Layout
+    rows: Literal["metric", "setting"] = "metric"  # the other one (and datasets) make the columns
     seeds: list[int] = [0]
-    paper: dict[str, dict[str, float]] = {}  # cell label -> metric -> the paper's number
+    paper: Numbers = {}  # the paper's numbers of the cells we run
+    reported: Numbers = {}  # other methods' published numbers, printed beside ours, not run
 
 
 @dataclass(frozen=True)
 class Cell:
     study: str
-    label: str
+    dataset: str
+    setting: str
     seed: int
     config: RunConfig
 
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}: {self.setting}"
+
     def signature(self, stage: str) -> str:
         return signature(self.config, stage)
+
+    def stages(self, metrics: list[str]) -> list[str]:
+        """The stage runs this cell needs for the given table metrics."""
+        wanted = {METRIC_STAGE[m] for m in metrics}
+        own = self.config.stages()
+        evals = [s for s in own if s in wanted]
+        return (["pretrain"] if "pretrain" in own and evals else []) + evals
 
 
 @dataclass
@@ -77,7 +100,7 @@ class StageRun:
 
 
 def available_studies(studies_dir: Path = STUDIES_DIR) -> list[str]:
-    return sorted(p.stem for p in studies_dir.glob("*.yaml"))
+    return sorted((p.stem for p in studies_dir.glob("*.yaml")), key=lambda n: (len(n), n))
 
 
 def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
@@ -89,45 +112,46 @@ def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
         study = Study(name=name, **raw)
     except ValidationError as err:
         raise ConfigError(f"study {name}: {one_line(err)}") from None
-    unknown = set(study.layout.columns) - set(study.factors)
-    if unknown:
-        raise ConfigError(f"study {name}: layout columns {sorted(unknown)} are not factors {sorted(study.factors)}")
+    for fname, factor in study.factors.items():
+        if isinstance(factor.values, list) and not factor.field:
+            raise ConfigError(f"study {name}: factor {fname} lists values but names no config field")
     return study
 
 
-def cell_label(study: Study, values: dict[str, Any]) -> str:
-    return ", ".join(study.factors[n].label.format(name=n, value=v) for n, v in values.items())
-
-
 def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) -> list[Cell]:
-    """Every (cell, seed) of a study at a scale, with its validated config.
+    """Every (dataset, cell, seed) of a study at a scale, with its validated config.
 
-    `overrides` is a nested dict applied to every cell last, e.g. {"pretrain": {"epochs": 2}}.
+    The config of a cell is: scale preset <- study base <- study's per-scale overrides <- the
+    cell's factor values <- `overrides` (a nested dict, e.g. {"pretrain": {"epochs": 2}}).
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)}")
-    try:
-        base = deep_merge(preset(scale, study.dataset), study.base)
-    except ValueError as err:
-        raise ConfigError(f"study {study.name}: {err}") from None
-    cells = []
     names = list(study.factors)
-    for combo in itertools.product(*(study.factors[n].values for n in names)):
-        values = dict(zip(names, combo))
-        label = cell_label(study, values)
-        factor_set = dotted_to_nested({study.factors[n].field: v for n, v in values.items()})
-        for seed in study.seeds:
-            raw = deep_merge(deep_merge(deep_merge(base, factor_set), {"seed": seed}), overrides or {})
-            try:
-                config = RunConfig.model_validate(raw)
-            except ValidationError as err:
-                raise ConfigError(f"study {study.name}, cell {label}: {one_line(err)}") from None
-            cells.append(Cell(study.name, label, seed, config))
+    combos = list(itertools.product(*(study.factors[n].variants(n) for n in names)))
+    cells = []
+    for dataset in study.datasets:
+        try:
+            start = preset(scale, dataset, study.recipe)
+        except ValueError as err:
+            raise ConfigError(f"study {study.name}: {err}") from None
+        base = deep_merge(start, study.base)
+        if start["data"]["name"] == dataset:  # not at scales where a stand-in replaces the dataset
+            base = deep_merge(base, study.dataset_base.get(dataset, {}))
+        base = deep_merge(base, study.scales.get(scale, {}))
+        for combo in combos:
+            labels = [label for label, _, _ in combo]
+            values = {n: value for n, (_, value, _) in zip(names, combo)}
+            setting = study.setting.format(**values) if study.setting else ", ".join(labels) or study.caption
+            raw = base
+            for _, _, patch in combo:
+                raw = deep_merge(raw, patch)
+            for seed in study.seeds:
+                try:
+                    config = RunConfig.model_validate(deep_merge(deep_merge(raw, {"seed": seed}), overrides or {}))
+                except ValidationError as err:
+                    raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {one_line(err)}") from None
+                cells.append(Cell(study.name, dataset, setting, seed, config))
     return cells
-
-
-def stages_of(study: Study) -> list[str]:
-    return ["pretrain"] + [METRIC_STAGE[m] for m in study.metrics]
 
 
 def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = None) -> dict[str, StageRun]:
@@ -135,8 +159,9 @@ def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = No
     runs: dict[str, StageRun] = {}
     for study in studies:
         for cell in expand(study, scale, overrides):
-            parent = cell.signature("pretrain")
-            for stage in stages_of(study):
+            stages = cell.stages(study.metrics)
+            parent = cell.signature("pretrain") if "pretrain" in stages else None
+            for stage in stages:
                 sig = cell.signature(stage)
                 run = runs.setdefault(sig, StageRun(stage, sig, cell.config, None if stage == "pretrain" else parent))
                 if (study.name, cell.label) not in run.cells:

@@ -1,9 +1,10 @@
 """Regenerate a paper table from MLflow: Markdown, LaTeX (booktabs) and CSV, ours beside the paper's.
 
-    python -m harness.tables table3 --scale smoke [--overrides '{"pretrain.epochs": 2}']
+    python -m harness.tables table3 --scale smoke [--overrides '{"pretrain": {"epochs": 2}}']
 
 Each cell's value is the final test top-1 of the FINISHED MLflow runs of its evaluation stage,
-found by signature; with several seeds, mean ± std. A missing cell prints "—".
+found by signature; with several seeds, mean ± std. A missing cell prints "—". Numbers other
+papers reported (Table 8) are printed as such, never as ours.
 """
 from __future__ import annotations
 
@@ -39,53 +40,69 @@ def finished_runs(results_dir: Path) -> pd.DataFrame:
 
 
 def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame) -> pd.DataFrame:
-    """Long table: one row per (cell, metric) with ours (mean, std, n), the paper's, signatures."""
+    """Long table: one row per (dataset, setting, metric): ours (mean, std, n), the paper's."""
     by_sig = runs.set_index("signature")["value"].to_dict()
-    rows = []
     cells = expand(study, scale, overrides)
-    for label in dict.fromkeys(c.label for c in cells):
-        seeds = [c for c in cells if c.label == label]
+    rows = []
+    for dataset, setting in dict.fromkeys((c.dataset, c.setting) for c in cells):
+        seeds = [c for c in cells if (c.dataset, c.setting) == (dataset, setting)]
         for metric in study.metrics:
-            sigs = [c.signature(METRIC_STAGE[metric]) for c in seeds]
+            stage = METRIC_STAGE[metric]
+            runnable = [c for c in seeds if stage in c.stages(study.metrics)]
+            sigs = [c.signature(stage) for c in runnable]
             values = [by_sig[s] for s in sigs if s in by_sig]
-            rows.append({"table": study.table, "cell": label, "metric": METRIC_NAMES[metric],
+            rows.append({"table": study.table, "dataset": dataset, "setting": setting, "metric": METRIC_NAMES[metric],
                          "ours": pd.Series(values).mean() if values else None,
                          "std": pd.Series(values).std() if len(values) > 1 else None,
-                         "n": len(values), "seeds": len(seeds),
-                         "paper": study.paper.get(label, {}).get(metric),
+                         "n": len(values), "seeds": len(runnable),
+                         "paper": study.paper.get(dataset, {}).get(setting, {}).get(metric),
+                         "source": "this run" if runnable else "not applicable",
                          "signatures": " ".join(sigs), "scale": scale})
+    for dataset, settings in study.reported.items():
+        for setting, numbers in settings.items():
+            for metric in study.metrics:
+                rows.append({"table": study.table, "dataset": dataset, "setting": f"{setting} (reported)",
+                             "metric": METRIC_NAMES[metric], "ours": None, "std": None, "n": 0, "seeds": 0,
+                             "paper": numbers.get(metric), "source": "reported by others, not run",
+                             "signatures": "", "scale": scale})
     return pd.DataFrame(rows)
 
 
-def fmt(ours, std, n, seeds) -> str:
-    if n == 0:
+def fmt_ours(row) -> str:
+    if row.n == 0:
         return MISSING
-    text = f"{ours:.2f}" if std is None or pd.isna(std) else f"{ours:.2f} ± {std:.2f}"
-    return text if n == seeds else f"{text} ({n}/{seeds} seeds)"
+    text = f"{row.ours:.2f}" if row.std is None or pd.isna(row.std) else f"{row.ours:.2f} ± {row.std:.2f}"
+    return text if row.n == row.seeds else f"{text} ({row.n}/{row.seeds} seeds)"
 
 
 def wide(study: Study, long: pd.DataFrame) -> pd.DataFrame:
-    """Rows LIN/FT; for every cell two columns: ours and the paper's."""
-    table = {}
-    for label in dict.fromkeys(long["cell"]):
-        part = long[long["cell"] == label].set_index("metric")
-        table[(label, "ours")] = [fmt(r.ours, r.std, r.n, r.seeds) for r in part.itertuples()]
-        table[(label, "paper")] = [MISSING if pd.isna(p) else f"{p:.2f}" for p in part["paper"]]
-        index = list(part.index)
-    frame = pd.DataFrame(table, index=index)
-    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    """Rows: metrics (or settings); columns: [dataset,] setting (or metric), ours | paper."""
+    cells = long.assign(ours=[fmt_ours(r) for r in long.itertuples()],
+                        paper=[MISSING if pd.isna(p) else f"{p:.2f}" for p in long["paper"]])
+    cells = cells.melt(id_vars=["dataset", "setting", "metric"], value_vars=["ours", "paper"],
+                       var_name="source", value_name="text")
+    index, across = ("metric", "setting") if study.rows == "metric" else ("setting", "metric")
+    columns = (["dataset"] if len(study.datasets) + len(study.reported) > 1 else []) + [across, "source"]
+    frame = cells.pivot_table(index=index, columns=columns, values="text", aggfunc="first", sort=False)
+    frame = frame.reindex(index=list(dict.fromkeys(long[index])))
+    frame = frame.fillna(MISSING)
     frame.index.name = ""
+    frame.columns.names = [None] * frame.columns.nlevels
     return frame
 
 
 def caption(study: Study, scale: str, cfg: RunConfig) -> str:
     m = cfg.model
-    text = (f"Table {study.table}: {study.caption}. Scale `{scale}`: dataset {cfg.data.name} "
-            f"({cfg.data.image_size}×{cfg.data.image_size}), encoder {m.depth}×{m.embed_dim} "
-            f"({m.num_heads} heads, patch {m.patch_size}), decoder {m.decoder_depth} layers; "
-            f"pre-training {cfg.pretrain.epochs} epochs, linear probe {cfg.linprobe.epochs}, "
-            f"fine-tuning {cfg.finetune.epochs}. Top-1 (%) on the test split; paper: the paper's "
-            f"numbers on {study.dataset}.")
+    size = f"{cfg.data.image_size}×{cfg.data.image_size}"
+    if cfg.eval_size != cfg.data.image_size:
+        size += f", evaluated at {cfg.eval_size}×{cfg.eval_size}"
+    text = (f"Table {study.table}: {study.caption}. Scale `{scale}`: dataset {cfg.data.name} ({size}), "
+            f"encoder {m.depth}×{m.embed_dim} ({m.num_heads} heads, patch {m.patch_size}), decoder "
+            f"{m.decoder_depth} layers; pre-training {cfg.pretrain.epochs} epochs, linear probe "
+            f"{cfg.linprobe.epochs}, fine-tuning {cfg.finetune.epochs}. Top-1 (%) on the test split; "
+            f"paper: the paper's numbers on {', '.join(study.datasets)}.")
+    if study.reported:
+        text += " Rows marked (reported) are other methods' published numbers, not runs of this harness."
     if scale != "paper":
         text += f" Not comparable with the paper: scale `{scale}` is not the paper's recipe."
     return text
@@ -98,11 +115,12 @@ def render(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{study.name}.{ext}" for ext in ("md", "tex", "csv")}
     md = frame.copy()
-    md.columns = [f"{a} ({b})" for a, b in md.columns]
+    md.columns = [" ".join(str(part) for part in col[:-1]) + f" ({col[-1]})" for col in md.columns]
     paths["md"].write_text(f"{cap}\n\n{md.to_markdown()}\n")
-    latex = frame.style.to_latex(hrules=True, column_format="l" + "r" * frame.shape[1],
-                                 multicol_align="c", caption=cap.replace("`", ""), label=f"tab:{study.name}")
-    paths["tex"].write_text(latex.replace("%", r"\%").replace("±", r"$\pm$").replace("—", "---"))
+    latex = frame.style.to_latex(hrules=True, column_format="l" + "r" * frame.shape[1], multicol_align="c",
+                                 caption=cap.replace("`", "").replace("%", r"\%"), label=f"tab:{study.name}")
+    paths["tex"].write_text(latex.replace("±", r"$\pm$").replace("—", "---").replace("×", r"$\times$")
+                            .replace("->", r"$\to$"))
     long.to_csv(paths["csv"], index=False)
     return paths
 
@@ -111,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study")
     ap.add_argument("--scale", required=True)
-    ap.add_argument("--overrides", default="{}", help="config overrides as JSON (dotted keys)")
+    ap.add_argument("--overrides", default="{}", help="config overrides as JSON (nested sections)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     args = ap.parse_args(argv)
     study = load_study(args.study)

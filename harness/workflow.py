@@ -84,8 +84,9 @@ class Plan:
         return sorted({self.run_file(r.signature, r.stage) for r in self.runs.values()
                        if r.stage != "pretrain" and any(s == study.name for s, _ in r.cells)})
 
-    def parent_result(self, sig: str) -> str:
-        return self.run_file(self.runs[sig].parent, "pretrain")
+    def parent_result(self, sig: str) -> list[str]:
+        parent = self.runs[sig].parent
+        return [self.run_file(parent, "pretrain")] if parent else []  # supervised: no pre-training
 
     def launch_args(self, sig: str, stage: str) -> str:
         run = self.runs.get(sig)

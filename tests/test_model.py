@@ -6,7 +6,8 @@ from harness import masks
 from harness.config import ModelConfig
 from harness.model import (Classifier, Encoder, LinearProbe, RandSAC, normalized_pixel_loss, patchify,
                            sincos_pos_embed, unpatchify)
-from harness.segments import serialize, square_segments
+from harness.config import SegmentConfig
+from harness.segments import Serializer
 
 CFG = ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_depth=2, decoder_num_heads=2)
 
@@ -56,13 +57,30 @@ def test_masked_attention_ignores_what_the_mask_hides():
         assert torch.allclose(a[0, :2], b[0, :2], atol=1e-6) and not torch.allclose(a[0, 2], b[0, 2])
 
 
-@pytest.mark.parametrize("size", [1, 2, 4])
-def test_autoregressive_contract(size):
+SEGMENTATIONS = {
+    "patch-random": SegmentConfig(size=1),
+    "square M=2": SegmentConfig(size=2),
+    "square M=4": SegmentConfig(size=4),
+    "patch-raster": SegmentConfig(size=1, order="raster"),
+    "blob K=7": SegmentConfig(kind="blob", count=7),
+    "blob 11->5": SegmentConfig(kind="blob", count=11, hierarchy=[5]),
+    "square 16->4": SegmentConfig(size=2, hierarchy=[4]),
+    "shuffled K=5": SegmentConfig(kind="blob", count=5, coherent=False),
+}
+
+
+ARCHITECTURES = ["masked", "skip", "two_stream"]
+CASES = [(a, s) for a in ARCHITECTURES for s in SEGMENTATIONS if a == "masked" or s in ("square M=2", "blob 11->5")]
+
+
+@pytest.mark.parametrize("architecture,segmentation", CASES)
+def test_autoregressive_contract(architecture, segmentation):
     """Perturbing segment s_k changes no prediction of s_1..s_k, changes s_(k+1); s_S changes nothing."""
     torch.manual_seed(0)
-    model = RandSAC(CFG, 32, 3).eval()
-    ids = square_segments(8, size)
-    ranks = serialize(ids, 1, "random", torch.Generator().manual_seed(size))
+    model = RandSAC(CFG.model_copy(update={"architecture": architecture}), 32, 3).eval()
+    if architecture == "skip":  # a trained mixing, not the one-hot start: every encoder layer feeds the decoder
+        torch.nn.init.uniform_(model.skip, 0.2, 1.0)
+    ranks = Serializer(SEGMENTATIONS[segmentation], 8)(1, torch.Generator().manual_seed(3))
     num = int(ranks.max()) + 1
     imgs = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -88,13 +106,13 @@ def test_first_segment_is_never_scored():
     pred = torch.zeros_like(target)
     garbage = pred.clone()
     garbage[0, :2] = 1e6  # predictions of the first segment are ignored
-    assert normalized_pixel_loss(pred, imgs, ranks, 2) == normalized_pixel_loss(garbage, imgs, ranks, 2)
+    assert normalized_pixel_loss(pred, imgs, ranks >= 1, 2) == normalized_pixel_loss(garbage, imgs, ranks >= 1, 2)
 
 
 def test_loss_equals_normalized_pixel_formula():
     torch.manual_seed(0)
     p, imgs = 4, torch.rand(2, 3, 16, 16)
-    ranks = serialize(square_segments(4, 2), 2, "random", torch.Generator().manual_seed(0))
+    ranks = Serializer(SegmentConfig(size=2), 4)(2, torch.Generator().manual_seed(0))
     pred = torch.randn(2, 16, p * p * 3)
     total, count = 0.0, 0
     for b in range(2):
@@ -108,11 +126,11 @@ def test_loss_equals_normalized_pixel_formula():
             total += ((pred[b, t] - target) ** 2).mean()
             count += 1
     expected = total / count
-    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks, p), expected, atol=1e-6)
+    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks >= 1, p), expected, atol=1e-6)
     # without normalization the target is the raw pixels
     raw = sum(((pred[b, t] - patchify(imgs, p)[b, t]) ** 2).mean() for b in range(2) for t in range(16)
               if ranks[b, t] > 0) / count
-    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks, p, norm_pix=False), raw, atol=1e-6)
+    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks >= 1, p, norm_pix=False), raw, atol=1e-6)
 
 
 def test_patchify_roundtrip():
@@ -131,10 +149,31 @@ def test_sincos_pos_embed():
         sincos_pos_embed(30, 8)
 
 
+def test_skip_connections_start_as_the_masked_transformer():
+    torch.manual_seed(0)
+    skip = RandSAC(CFG.model_copy(update={"architecture": "skip"}), 32, 3)
+    assert skip.skip.shape == (CFG.decoder_depth, CFG.depth)
+    assert skip.skip[:, -1].eq(1).all() and skip.skip[:, :-1].eq(0).all()
+    masked = RandSAC(CFG, 32, 3)
+    masked.load_state_dict({k: v for k, v in skip.state_dict().items() if k != "skip"})
+    imgs, ranks = torch.randn(2, 3, 32, 32), Serializer(SegmentConfig(size=2), 8)(2)
+    assert torch.allclose(skip(imgs, ranks), masked(imgs, ranks), atol=1e-6)
+    skip.loss(imgs, ranks).backward()
+    assert skip.skip.grad[:, :-1].abs().sum() > 0  # the skips to earlier layers learn
+
+
+def test_two_stream_shares_the_encoder_weights():
+    model = RandSAC(CFG.model_copy(update={"architecture": "two_stream"}), 32, 3)
+    assert not hasattr(model, "decoder")
+    extra = {n for n, _ in model.named_parameters() if not n.startswith("encoder.")}
+    assert extra == {"query_token", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight",
+                     "decoder_pred.bias"}
+
+
 def test_shapes_and_features():
     model = RandSAC(CFG, 32, 1)
     imgs = torch.randn(3, 1, 32, 32)
-    ranks = serialize(square_segments(8, 2), 3, "random")
+    ranks = Serializer(SegmentConfig(size=2), 8)(3)
     assert model(imgs, ranks).shape == (3, 64, 16)
     loss = model.loss(imgs, ranks)
     loss.backward()
