@@ -14,7 +14,7 @@ import sys
 from harness.workflow import Plan
 
 PY = sys.executable
-PLAN = Plan.for_snakefile(config)
+PLAN = Plan.for_snakefile(config, sys.argv[1:])
 
 wildcard_constraints:
     sig="[0-9a-f]{12}",

@@ -61,6 +61,10 @@ class StageJob(submitit.helpers.Checkpointable):
         with StageTracker(results_dir, run_dir, self.tags, params) as tracker:
             metrics = stage.run(cfg, run_dir, tracker, parent_dir=parent_dir, stop_after=self.stop_after)
             tracker.log({f"final_{k}": v for k, v in metrics.items()}, step=0)
+            if self.stage == "pretrain" and cfg.method == "randsac":
+                from harness.pictures import reconstruction
+
+                tracker.log_artifact(reconstruction(cfg, run_dir))
             result = {"stage": self.stage, "signature": run_dir.name, "metrics": metrics,
                       "mlflow_run_id": tracker.run_id, "tags": self.tags}
         write_json_atomic(run_dir / f"{self.stage}.json", result)

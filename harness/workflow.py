@@ -24,7 +24,8 @@ KNOWN_KEYS = {"scale", "executor", *OVERRIDABLE}
 
 class Plan:
     def __init__(self, scale: str, executor: dict[str, Any], overrides: dict[str, Any],
-                 results_dir: Path = Path("results"), studies_dir: Path = STUDIES_DIR):
+                 results_dir: Path = Path("results"), studies_dir: Path = STUDIES_DIR,
+                 only: list[str] | None = None):
         if scale not in SCALES:
             raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)} (--config scale=...)")
         try:
@@ -33,25 +34,28 @@ class Plan:
             raise ConfigError(f"executor: {one_line(err)}") from None
         self.scale, self.overrides = scale, overrides
         self.results_dir, self.studies_dir = Path(results_dir), Path(studies_dir)
-        self.studies: list[Study] = [load_study(n, self.studies_dir) for n in available_studies(self.studies_dir)]
+        names = available_studies(self.studies_dir)
+        self.studies: list[Study] = [load_study(n, self.studies_dir) for n in names if not only or n in only]
         self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides)
         self._check_data()
         check_slurm(self.executor)
 
     @classmethod
-    def from_snakemake_config(cls, config: dict[str, Any]) -> "Plan":
+    def from_snakemake_config(cls, config: dict[str, Any], targets: list[str] | None = None) -> "Plan":
         unknown = sorted(k for k in config if k not in KNOWN_KEYS)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor and the run config "
                               f"sections {', '.join(sorted(OVERRIDABLE))}, e.g. 'pretrain={{epochs: 2}}'")
         overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
-        return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides)
+        return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides,
+                   only=studies_for(targets or []))
 
     @classmethod
-    def for_snakefile(cls, config: dict[str, Any]) -> "Plan":
-        """The plan, or one clear error line and exit 1 before Snakemake schedules anything."""
+    def for_snakefile(cls, config: dict[str, Any], argv: list[str]) -> "Plan":
+        """The plan of the studies the command line asks for, or one clear error line and exit 1
+        before Snakemake schedules anything."""
         try:
-            return cls.from_snakemake_config(config)
+            return cls.from_snakemake_config(config, command_line_targets(argv))
         except ConfigError as err:
             print(f"randsac-harness: error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -102,6 +106,31 @@ class Plan:
         if run.parent:
             args += ["--parent", run.parent]
         return shlex.join(args)
+
+
+def command_line_targets(argv: list[str]) -> list[str]:
+    """The targets of a snakemake command line, read with Snakemake's own argument parser."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(argv)
+    except SystemExit:  # let Snakemake report its own usage errors
+        return []
+    return sorted(args.targets or [])
+
+
+def studies_for(targets: list[str], studies_dir: Path = STUDIES_DIR) -> list[str] | None:
+    """Studies a command line needs planned: the ones it names; None (all) for `all`, for no
+    target or for a file target. A bare word that names nothing is refused."""
+    names = available_studies(studies_dir)
+    rules = {"all", "pretrain", "linprobe", "finetune"}
+    for target in targets:
+        if "/" not in target and "." not in target and target not in names and target not in rules:
+            raise ConfigError(f"unknown target {target!r}; targets are all, {', '.join(names)} "
+                              f"(one per studies/*.yaml)")
+    if not targets or any(t not in names for t in targets):
+        return None
+    return list(targets)
 
 
 def check_slurm(executor: ExecutorConfig) -> None:

@@ -12,7 +12,8 @@ def cells(scale="tiny", **dotted):
 
 def test_table3_cells():
     cs = cells()
-    assert [c.label for c in cs] == ["M=1", "M=2", "M=4"]
+    assert [c.setting for c in cs] == ["square M=1", "square M=2", "square M=4"]
+    assert {c.dataset for c in cs} == {"cifar10"}
     assert [c.config.segments.size for c in cs] == [1, 2, 4]
     assert all(c.config.segments.order == "random" for c in cs)
 
@@ -64,7 +65,7 @@ def test_bad_overrides_are_one_clear_line(overrides, message):
     with pytest.raises(ConfigError) as err:
         cells(**overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
-    assert str(err.value).startswith("study table3, cell M=")
+    assert str(err.value).startswith("study table3, cell cifar10: square M=")
 
 
 def test_unknown_study_scale_and_key():

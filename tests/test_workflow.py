@@ -33,7 +33,7 @@ def test_dry_run_lists_exactly_the_table3_jobs(tmp_path):
     (["table3", "--config", "scale=tiny", "segments={size: 3}"], "M=3 does not divide the 8x8 token grid"),
     (["table3", "--config", "scale=tiny", "epochs=3"], "unknown config key(s) ['epochs']"),
     (["table3", "--config", "scale=paper", "data={root: /nonexistent}"], "python -m harness.data fetch cifar10"),
-    (["table99", "--config", "scale=tiny"], "No rule to produce table99"),
+    (["table99", "--config", "scale=tiny"], "unknown target 'table99'; targets are all, table1"),
 ])
 def test_bad_input_stops_before_any_job(tmp_path, args, message):
     out = snakemake(tmp_path, *args)
@@ -54,7 +54,7 @@ def test_table3_end_to_end_at_tiny_scale(tmp_path, monkeypatch):
     tex = (tables / "table3.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\caption" in tex
     csv = pd.read_csv(tables / "table3.csv")
-    assert sorted(csv["cell"].unique()) == ["M=1", "M=2", "M=4"] and (csv["n"] == 1).all()
+    assert list(csv["setting"].unique()) == ["square M=1", "square M=2", "square M=4"] and (csv["n"] == 1).all()
     assert csv["ours"].between(0, 100).all() and csv["paper"].notna().all()
 
     # MLflow: one FINISHED run per stage run, tagged and with per-epoch metrics
