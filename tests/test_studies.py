@@ -1,0 +1,96 @@
+"""All ten paper tables: studies expand at every scale, share runs, carry the paper's numbers."""
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.scales import SCALES
+from harness.studies import available_studies, expand, load_study, plan
+from harness.tables import collect, wide
+
+REPORTED = Path(__file__).resolve().parents[2] / "shared" / "paper" / "reported.csv"
+STUDIES = [load_study(n) for n in available_studies()]
+
+
+def test_one_study_per_table():
+    assert [s.name for s in STUDIES] == [f"table{i}" for i in range(1, 11)]
+    assert [s.table for s in STUDIES] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_study_expands_at_every_scale(scale):
+    for study in STUDIES:
+        cells = expand(study, scale)
+        assert cells and len({(c.dataset, c.setting, c.seed) for c in cells}) == len(cells)
+
+
+def test_cells_shared_between_tables_are_one_run():
+    """Table 3 M=2, Table 4 square-random and Table 6 square 16 on CIFAR10 are one config."""
+    def pretrain_sig(table, setting):
+        (cell,) = [c for c in expand(load_study(table), "paper") if c.dataset == "cifar10" and c.setting == setting]
+        return cell.signature("pretrain")
+
+    sig = pretrain_sig("table3", "square M=2")
+    assert sig == pretrain_sig("table4", "square-random") == pretrain_sig("table6", "square 16")
+    assert pretrain_sig("table2", "patch-random") == pretrain_sig("table3", "square M=1") == \
+        pretrain_sig("table4", "patch-random")
+    assert pretrain_sig("table1", "patch-raster") == pretrain_sig("table2", "patch-raster")
+    assert pretrain_sig("table5", "blob K=7") == pretrain_sig("table4", "blob-random") == \
+        pretrain_sig("table6", "blob 7")
+    runs = plan(STUDIES, "paper")
+    requested = sum(len(c.stages(s.metrics)) for s in STUDIES for c in expand(s, "paper"))
+    assert len(runs) < requested  # fewer runs than cells x stages: shared cells run once
+    shared = [r for r in runs.values() if len({study for study, _ in r.cells}) > 1]
+    assert any({"table3", "table4", "table6"} <= {s for s, _ in r.cells} for r in shared)
+
+
+def test_paper_recipes_per_table():
+    by = {s.name: {(c.dataset, c.setting): c.config for c in expand(s, "paper")} for s in STUDIES}
+    t7 = by["table7"][("cifar100", "RandSAC-Blob 11->5")]
+    assert (t7.model.embed_dim, t7.model.decoder_depth, t7.pretrain.epochs) == (384, 6, 1600)
+    assert t7.segments.kind == "blob" and t7.segments.count == 11 and t7.segments.hierarchy == [5]
+    assert by["table7"][("cifar10", "DINO")].method == "dino"
+    assert by["table7"][("cifar10", "Supervised")].stages() == ["finetune"]
+    in100 = by["table2"][("imagenet100", "patch-random")]
+    assert (in100.data.image_size, in100.model.patch_size, in100.model.embed_dim) == (224, 16, 384)
+    assert (in100.model.decoder_depth, in100.model.decoder_num_heads) == (4, 12)  # doubled heads
+    t8 = by["table8"][("imagenet1k", "RandSAC-Square 16->4 ViT-B")]
+    assert (t8.data.image_size, t8.eval_size, t8.model.embed_dim, t8.model.decoder_depth) == (192, 224, 768, 8)
+    assert t8.segments.size == 3 and t8.segments.hierarchy == [4]  # 16 squares of 3x3 on 12x12
+    assert by["table6"][("imagenet100", "square 16")].segments.size == 4  # 256 px: a 16x16 grid
+    assert {c.model.architecture for (_, _), c in by["table10"].items()} == {"two_stream", "masked", "skip"}
+    assert {c.model.patch_size for c in by["table9"].values()} == {2, 4, 8}
+    pixel = by["table1"][("cifar10", "pixel-raster")]
+    assert pixel.model.patch_size == 1 and not pixel.pretrain.norm_pix_loss
+
+
+@pytest.mark.skipif(not REPORTED.exists(), reason=f"{REPORTED} not found")
+def test_studies_carry_every_reported_number():
+    rows = list(csv.DictReader(REPORTED.open()))
+    by_table = {s.table: s for s in STUDIES}
+    for row in rows:
+        study = by_table[int(row["table"])]
+        numbers = study.paper if "not rerun" not in row["note"] else study.reported
+        assert numbers[row["dataset"]][row["setting"]][row["metric"]] == pytest.approx(float(row["value"])), row
+    counted = Counter(int(r["table"]) for r in rows)
+    for study in STUDIES:
+        ours = sum(len(m) for d in (*study.paper.values(), *study.reported.values()) for m in d.values())
+        assert ours == counted.get(study.table, 0)  # nothing invented (Tables 9, 10: no numbers)
+
+
+def test_tables_with_baselines_and_reported_rows():
+    t7, t8 = load_study("table7"), load_study("table8")
+    runs = pd.DataFrame([{"signature": c.signature("finetune"), "stage": "finetune", "value": 50.0}
+                         for c in expand(t7, "tiny")], columns=["signature", "stage", "value"])
+    long = collect(t7, "tiny", {}, runs)
+    sup = long[(long.setting == "Supervised") & (long.dataset == "cifar10")].set_index("metric")
+    assert sup.loc["FT", "ours"] == 50.0 and sup.loc["LIN", "source"] == "not applicable"
+    frame = wide(t7, long)
+    assert frame.loc["Supervised", ("cifar10", "LIN", "ours")] == "—"
+    assert frame.loc["DINO", ("cifar100", "LIN", "paper")] == "65.78"
+    long8 = collect(t8, "tiny", {}, runs.iloc[:0])
+    reported = long8[long8.source == "reported by others, not run"]
+    assert "DINO ViT-B (reported)" in set(reported.setting) and reported.ours.isna().all()
+    assert wide(t8, long8).loc["MAE ViT-B (reported)", ("imagenet1k", "LIN", "paper")] == "68.00"
