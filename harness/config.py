@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.data import dataset_info
+from harness.catalog import dataset_info
 
 STAGES = ("pretrain", "linprobe", "finetune")
 

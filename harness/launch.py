@@ -22,7 +22,6 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness import engine
 from harness.config import RunConfig, signature, stage_config
 
 
@@ -50,6 +49,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self.parent, self.tags, self.threads, self.stop_after = parent, tags, threads, stop_after
 
     def __call__(self) -> dict[str, float]:
+        from harness import engine
         from harness.tracking import StageTracker
 
         cfg = RunConfig.model_validate(self.config)

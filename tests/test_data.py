@@ -116,7 +116,7 @@ def test_unknown_dataset_lists_known_names():
         dataset_info("imagenet")
     with pytest.raises(ValueError):
         check_data("imagenet", None)
-    assert data.DATASETS == ("mnist5k", "cifar10", "cifar100")
+    assert data.DATASETS == ("mnist5k", "cifar10", "cifar100", "imagenet100", "imagenet1k")
     assert [dataset_info(n).name for n in data.DATASETS] == list(data.DATASETS)
 
 
@@ -300,3 +300,40 @@ def test_finetune_posterize_to_0_bits_gives_black_not_an_error(name):
     out = op(_image(name))
     assert out.mode == _image(name).mode and not np.asarray(out).any()
     pickle.loads(pickle.dumps(t))  # still picklable for data-loader workers
+
+
+# --------------------------------------------------------------------------- ImageNet folders
+
+def _imagenet_tree(root, classes, per_class=2, size=40):
+    """A tiny ImageNet in torchvision's ImageFolder layout: <root>/imagenet/<split>/<wnid>/*.JPEG."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in classes:
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(
+                    folder / f"{wnid}_{i}.JPEG")
+
+
+def test_imagenet100_is_the_cmc_subset_of_an_imagenet_folder(tmp_path):
+    assert len(data.IMAGENET100_CLASSES) == 100 == len(set(data.IMAGENET100_CLASSES))
+    _imagenet_tree(tmp_path, [*data.IMAGENET100_CLASSES, "n01440764"])  # one class outside the subset
+    check_data("imagenet100", str(tmp_path))
+    train = build_dataset("imagenet100", str(tmp_path), train=True)
+    val = build_dataset("imagenet100", str(tmp_path), train=False,
+                        transform=data.eval_transform(dataset_info("imagenet100"), 32))
+    assert len(train.classes) == 100 and "n01440764" not in train.classes and len(train) == 200
+    assert train.classes == sorted(data.IMAGENET100_CLASSES)
+    img, label = val[0]
+    assert img.shape == (3, 32, 32) and label == 0  # resize 256/224 then center crop
+
+
+def test_imagenet_missing_classes_or_folders_are_clear_errors(tmp_path):
+    _imagenet_tree(tmp_path, data.IMAGENET100_CLASSES[:10])
+    with pytest.raises(DataError, match="lacks 90 of the ImageNet-100 classes"):
+        check_data("imagenet100", str(tmp_path))
+    with pytest.raises(DataError, match="has 10 class folders, ImageNet-1K has 1000"):
+        check_data("imagenet1k", str(tmp_path))
+    with pytest.raises(DataError, match="does not exist.*ImageFolder layout"):
+        check_data("imagenet1k", str(tmp_path / "nowhere"))
