@@ -81,3 +81,42 @@ def test_table3_end_to_end_at_tiny_scale(tmp_path, monkeypatch):
     # asking again does nothing: every run is one signature, already done
     again = snakemake(tmp_path, "table3", "--config", "scale=tiny")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dry_run_all_plans_every_table_and_shares_runs(tmp_path):
+    from harness.studies import available_studies, load_study, plan
+
+    out = snakemake(tmp_path, "-n", "all", "--config", "scale=tiny")
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    runs = plan([load_study(n) for n in available_studies()], "tiny")
+    for stage in ("pretrain", "linprobe", "finetune"):
+        assert counts[stage] == sum(r.stage == stage for r in runs.values())
+    assert all(counts[f"table{i}"] == 1 for i in range(1, 11)) and counts["all"] == 1
+
+
+@pytest.mark.integration
+def test_all_tables_end_to_end_at_tiny_scale(tmp_path, monkeypatch):
+    """Every table of the paper, generated through Snakemake, submitit's local executor and MLflow."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = snakemake(tmp_path, "all", "--config", "scale=tiny", "executor={cpus_per_task: 1}", "--jobs", "2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    tables = tmp_path / "results" / "tables"
+    for i in range(1, 11):
+        md = (tables / f"table{i}.md").read_text()
+        assert md.startswith(f"Table {i}:") and "Not comparable with the paper: scale `tiny`" in md
+        long = pd.read_csv(tables / f"table{i}.csv")
+        ran = long[long["source"] == "this run"]
+        assert len(ran) and (ran["n"] == ran["seeds"]).all(), f"table{i} has missing cells"
+        assert ran["ours"].between(0, 100).all()
+    t7 = pd.read_csv(tables / "table7.csv")
+    assert set(t7["setting"]) == {"Supervised", "DINO", "MAE (75% mask)", "RandSAC-Square 16->4", "RandSAC-Blob 11->5"}
+    assert "(reported)" in (tables / "table8.md").read_text()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id], max_results=1000)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    pretrains = [r for r in runs if r.data.tags["stage"] == "pretrain" and r.data.params["method"] == "randsac"]
+    artifacts = {a.path for r in pretrains[:3] for a in client.list_artifacts(r.info.run_id)}
+    assert "reconstruction.png" in artifacts
