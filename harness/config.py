@@ -156,6 +156,8 @@ class FinetuneConfig(OptimConfig):
     cutmix: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     rand_augment: str | None = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale (timm's default)
+    hflip: float = Field(0.5, ge=0, le=1)
 
 
 METHODS = ("randsac", "mae", "dino", "supervised")

@@ -214,8 +214,10 @@ def eval_transform(info: DatasetInfo, image_size: int) -> Callable:
     return transforms.Compose([*resize, *_to_normalized_tensor(info)])
 
 
-def finetune_transform(info: DatasetInfo, image_size: int, rand_augment: str | None) -> Callable:
-    """MAE fine-tuning augmentation via timm (e.g. rand_augment="rand-m9-mstd0.5-inc1").
+def finetune_transform(info: DatasetInfo, image_size: int, rand_augment: str | None,
+                       crop_scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
+    """MAE fine-tuning augmentation via timm (e.g. rand_augment="rand-m9-mstd0.5-inc1"):
+    random resized crop (timm's default scale 0.08-1), horizontal flip, RandAugment.
 
     As in MAE, colour jitter is off (``color_jitter=None``; timm's default would add it when
     rand_augment is None) and random erasing is off. timm's ops handle mode "L" images
@@ -223,10 +225,9 @@ def finetune_transform(info: DatasetInfo, image_size: int, rand_augment: str | N
     """
     from timm.data import create_transform
 
-    transform = create_transform(input_size=image_size, is_training=True, color_jitter=None,
-                                 auto_augment=rand_augment, interpolation="bicubic", re_prob=0.0,
-                                 mean=info.mean, std=info.std)
-    return transform
+    return create_transform(input_size=image_size, is_training=True, color_jitter=None, scale=crop_scale,
+                            hflip=hflip, auto_augment=rand_augment, interpolation="bicubic", re_prob=0.0,
+                            mean=info.mean, std=info.std)
 
 
 # --------------------------------------------------------------------------- fetch CLI

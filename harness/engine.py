@@ -220,4 +220,6 @@ def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, 
     extra = {"betas": opt_cfg.betas} if opt_cfg.optimizer == "adamw" else {"momentum": opt_cfg.momentum}
     optimizer = create_optimizer_v2(params_or_model, opt_cfg.optimizer, lr=opt_cfg.lr,
                                     weight_decay=opt_cfg.weight_decay, **extra, **kwargs)
+    for group in optimizer.param_groups:  # layer-wise lr decay: timm leaves the scaling to its schedulers
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
     return optimizer, warmup_cosine(optimizer, opt_cfg, steps_per_epoch(n_train, opt_cfg.batch_size))

@@ -35,7 +35,8 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_af
     info, size, opt_cfg = dataset_info(cfg.data.name), cfg.eval_size, cfg.finetune
     model = Classifier(load_encoder(cfg, parent_dir, drop_path=opt_cfg.drop_path), info.num_classes).to(device)
     train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True,
-                                        transform=finetune_transform(info, size, opt_cfg.rand_augment)),
+                                        transform=finetune_transform(info, size, opt_cfg.rand_augment,
+                                                                     opt_cfg.crop_scale, opt_cfg.hflip)),
                           cfg.data.train_subset)
     test = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=False,
                                        transform=eval_transform(info, size)), cfg.data.test_subset)
