@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 from harness import finetune, linprobe, pretrain
-from harness.config import ModelConfig, dotted_to_nested
+from harness.config import ModelConfig, SegmentConfig, dotted_to_nested
 from harness.engine import autocast
 from harness.model import RandSAC
-from harness.config import SegmentConfig
 from harness.segments import Serializer
 from harness.studies import expand, load_study
 
