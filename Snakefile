@@ -16,6 +16,12 @@ from harness.workflow import Plan
 PY = sys.executable
 PLAN = Plan.for_snakefile(config, sys.argv[1:])
 
+onstart:
+    from harness.tracking import experiment_id
+
+    experiment_id(PLAN.results_dir)  # create the tracking store once, before jobs write to it
+
+
 wildcard_constraints:
     sig="[0-9a-f]{12}",
 

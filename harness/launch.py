@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 import time
 import uuid
@@ -118,6 +119,30 @@ def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: ExecutorConfig, 
     return ex.submit(job)
 
 
+LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+                     "RESIZING", "SUSPENDED"}
+
+
+def live_slurm_job(run_dir: Path):
+    """The Slurm job a previous launcher submitted for this run and that still lives, if any.
+
+    When Snakemake (or the login node) dies, Slurm jobs go on; asking for the run again waits
+    for that job instead of starting a second one on the same run folder.
+    """
+    record = Path(run_dir) / "job.json"
+    if not record.exists():
+        return None
+    info = json.loads(record.read_text())
+    if info.get("cluster") != "slurm":
+        return None
+    job = submitit.SlurmJob(folder=info["folder"], job_id=info["job_id"])
+    try:
+        state = job.state
+    except Exception:  # noqa: BLE001 - accounting unreachable: submit anew
+        return None
+    return job if state.split()[0] in LIVE_SLURM_STATES else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", required=True, choices=["pretrain", "linprobe", "finetune"])
@@ -128,10 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tags", default="{}", help="MLflow tags as JSON")
     args = ap.parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config)
-    job = submit(args.stage, cfg, args.run_dir, ExecutorConfig.model_validate_json(args.executor), parent=args.parent,
-                 tags=json.loads(args.tags))
-    print(f"[harness] {args.stage} {args.run_dir.name}: submitted job {job.job_id} "
-          f"(logs: {job.paths.stdout})", flush=True)
+    executor = ExecutorConfig.model_validate_json(args.executor)
+    job = live_slurm_job(args.run_dir) if executor.kind == "slurm" else None
+    if job is not None:
+        print(f"[harness] {args.stage} {args.run_dir.name}: job {job.job_id} still runs; waiting for it", flush=True)
+    else:
+        job = submit(args.stage, cfg, args.run_dir, executor, parent=args.parent, tags=json.loads(args.tags))
+        (args.run_dir / "job.json").write_text(json.dumps(
+            {"cluster": executor.kind, "job_id": job.job_id, "folder": str(job.paths.folder)}))
+        print(f"[harness] {args.stage} {args.run_dir.name}: submitted job {job.job_id} "
+              f"(logs: {job.paths.stdout})", flush=True)
+    if executor.kind == "local":  # a stopped workflow stops its local jobs (Slurm jobs go on)
+        def stop(signum, _frame):
+            job.cancel(check=False)
+            sys.exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     try:
         metrics = job.result()
     except Exception as err:  # the job's own traceback is in its submitit logs

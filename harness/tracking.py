@@ -6,9 +6,11 @@ it started, whose id lives in its run folder.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -32,24 +34,41 @@ def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def store_lock(results_dir: Path):
+    """Serialize the creation of a sqlite store: concurrent first jobs would each create its tables."""
+    if not tracking_uri(results_dir).startswith("sqlite:"):
+        yield
+        return
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(results_dir) / ".mlflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def client(results_dir: Path):
+    """A client of the run's tracking store; creating a new sqlite store is serialized."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(results_dir))
-    return mlflow.MlflowClient()
+    with store_lock(results_dir):
+        return mlflow.MlflowClient()
 
 
 def experiment_id(results_dir: Path) -> str:
-    """Create the experiment once (artifacts under results/mlartifacts); return its id."""
+    """Create the store and the experiment once (artifacts under results/mlartifacts); its id."""
     c = client(results_dir)
-    exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = (Path(results_dir).resolve() / "mlartifacts").as_uri()
-    try:
+    with store_lock(results_dir):
+        exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
+        if exp is not None:
+            return exp.experiment_id
+        # a local store keeps artifacts beside it; a tracking server stores them itself
+        local = tracking_uri(results_dir).startswith("sqlite:")
+        artifacts = (Path(results_dir).resolve() / "mlartifacts").as_uri() if local else None
         return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts))
-    except Exception:  # created meanwhile by a concurrent job
-        return retry(lambda: c.get_experiment_by_name(EXPERIMENT)).experiment_id
 
 
 def git_commit() -> str:

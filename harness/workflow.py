@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from harness.studies import (STUDIES_DIR, ConfigError, StageRun, Study, availabl
                              one_line, plan)
 
 OVERRIDABLE = set(RunConfig.model_fields)  # data, model, segments, pretrain, ..., seed
-KNOWN_KEYS = {"scale", "executor", *OVERRIDABLE}
+KNOWN_KEYS = {"scale", "executor", "tracking_uri", *OVERRIDABLE}
 
 
 class Plan:
@@ -47,6 +48,8 @@ class Plan:
             raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor and the run config "
                               f"sections {', '.join(sorted(OVERRIDABLE))}, e.g. 'pretrain={{epochs: 2}}'")
         overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
+        if config.get("tracking_uri"):  # a shared MLflow server; jobs (local or Slurm) inherit it
+            os.environ["MLFLOW_TRACKING_URI"] = str(config["tracking_uri"])
         return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides,
                    only=studies_for(targets or []))
 

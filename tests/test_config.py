@@ -95,3 +95,22 @@ def test_executor_overrides_from_snakemake_config():
                                     "pretrain": {"epochs": "1"}, "seed": 3})
     assert p.executor.cpus_per_task == 1 and p.overrides == {"pretrain": {"epochs": "1"}, "seed": 3}
     assert all(r.config.pretrain.epochs == 1 and r.config.seed == 3 for r in p.runs.values())
+
+
+def test_slurm_checks_against_what_sinfo_reports(tmp_path, monkeypatch):
+    """A fake sinfo: partition cpu without GPUs, gpu with two."""
+    from harness.launch import ExecutorConfig
+    from harness.workflow import check_slurm
+
+    fake = tmp_path / "sinfo"
+    fake.write_text("#!/bin/sh\nprintf 'cpu (null)\\ngpu gpu:2\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    check_slurm(ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1))
+    with pytest.raises(ConfigError, match="gpus_per_node=1 but partition 'cpu' has no GPUs"):
+        check_slurm(ExecutorConfig(kind="slurm", partition="cpu", gpus_per_node=1))
+    with pytest.raises(ConfigError, match="partition 'a100' is unknown to Slurm; known: cpu, gpu"):
+        check_slurm(ExecutorConfig(kind="slurm", partition="a100"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="sinfo is not on PATH"):
+        check_slurm(ExecutorConfig(kind="slurm"))

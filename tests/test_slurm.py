@@ -99,3 +99,32 @@ def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch):
     pretrain.run(cfg, tmp_path / "straight", straight)
     assert losses == [m["loss"] for _, m in straight.logged]
     assert metrics["final_loss"] == straight.logged[-1][1]["loss"]
+
+
+def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_path, monkeypatch):
+    """The launcher dies (login node, Snakemake killed); asking again re-attaches to the Slurm job."""
+    import json
+    import shlex
+    import signal
+    import sys
+
+    from harness.workflow import Plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plan = Plan("tiny", {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 20},
+                {"pretrain": {"epochs": 4}}, only=["table3"])
+    sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain")
+    cmd = [sys.executable, "-m", "harness.launch", *shlex.split(plan.launch_args(sig, "pretrain"))]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = first.stdout.readline()
+    assert "submitted job" in line
+    first.send_signal(signal.SIGKILL)  # the launcher dies; its Slurm job does not
+    first.wait()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    job_id = json.loads((tmp_path / "results" / "runs" / sig / "job.json").read_text())["job_id"]
+    assert f"job {job_id} still runs; waiting for it" in second.stdout
+    assert (tmp_path / "results" / "runs" / sig / "pretrain.json").exists()
+    submitted = list((tmp_path / "results" / "runs" / sig / "submitit").glob("*/*_submitted.pkl"))
+    assert len(submitted) == 1  # one job, never a second one on the same run folder

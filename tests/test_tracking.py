@@ -1,0 +1,54 @@
+"""MLflow under load and under failure: concurrent writers, NaN losses."""
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+
+from harness.tracking import EXPERIMENT, StageTracker, tracking_uri
+from test_workflow import snakemake
+
+
+def test_eight_concurrent_stages_lose_nothing(results_dir):
+    """8 processes each log a whole stage (params, 40 epochs of metrics) to one sqlite store."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from harness.tracking import StageTracker
+        i = int(sys.argv[1])
+        run_dir = Path({str(results_dir)!r}) / "runs" / f"run{{i}}"
+        run_dir.mkdir(parents=True)
+        params = {{"model": {{"depth": i, "embed_dim": 32}}, "seed": i}}
+        with StageTracker(Path({str(results_dir)!r}), run_dir, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params) as t:
+            for epoch in range(40):
+                t.log({{"loss": 1.0 / (epoch + 1) + i, "lr": 0.1}}, step=epoch)
+            t.log({{"final_loss": float(i)}}, step=0)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+    assert not any("database is locked" in e for e in errors)
+    client = mlflow.MlflowClient(tracking_uri(results_dir))
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        i = int(r.data.tags["signature"][3:])
+        history = client.get_metric_history(r.info.run_id, "loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(40))
+        assert r.data.params["model.depth"] == str(i) and r.data.metrics["final_loss"] == i
+
+
+def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "pretrain={base_lr: 1e30, warmup_epochs: 0}")
+    assert out.returncode != 0
+    logs = out.stdout + out.stderr
+    assert "FAILED" in logs
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)  # the first stage fails, nothing runs after
+    (failed,) = (tmp_path / "results" / "runs").iterdir()
+    assert not (failed / "pretrain.json").exists()
+    err = next((failed / "submitit").glob("*/*_log.err")).read_text()
+    assert "NonFiniteLoss" in err and "loss is" in err
