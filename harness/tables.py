@@ -84,9 +84,11 @@ def wide(study: Study, long: pd.DataFrame) -> pd.DataFrame:
     index, across = ("metric", "setting") if study.rows == "metric" else ("setting", "metric")
     columns = (["dataset"] if len(study.datasets) + len(study.reported) > 1 else []) + [across, "source"]
     frame = cells.pivot_table(index=index, columns=columns, values="text", aggfunc="first", sort=False)
-    frame = frame.reindex(index=list(dict.fromkeys(long[index])))
+    groups = dict.fromkeys(zip(*(long[c] for c in columns[:-1])))  # ours beside paper, in study order
+    frame = frame.reindex(index=list(dict.fromkeys(long[index])),
+                          columns=pd.MultiIndex.from_tuples([(*g, src) for g in groups for src in ("ours", "paper")]))
     frame = frame.fillna(MISSING)
-    frame.index.name = ""
+    frame.index.name = None
     frame.columns.names = [None] * frame.columns.nlevels
     return frame
 

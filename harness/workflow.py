@@ -45,7 +45,7 @@ class Plan:
     def from_snakemake_config(cls, config: dict[str, Any], targets: list[str] | None = None) -> "Plan":
         unknown = sorted(k for k in config if k not in KNOWN_KEYS)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor and the run config "
+            raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor, tracking_uri and the run config "
                               f"sections {', '.join(sorted(OVERRIDABLE))}, e.g. 'pretrain={{epochs: 2}}'")
         overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
         if config.get("tracking_uri"):  # a shared MLflow server; jobs (local or Slurm) inherit it

@@ -94,3 +94,21 @@ def test_tables_with_baselines_and_reported_rows():
     reported = long8[long8.source == "reported by others, not run"]
     assert "DINO ViT-B (reported)" in set(reported.setting) and reported.ours.isna().all()
     assert wide(t8, long8).loc["MAE ViT-B (reported)", ("imagenet1k", "LIN", "paper")] == "68.00"
+
+
+def test_several_seeds_give_mean_and_std(tmp_path):
+    from harness.studies import Study
+
+    study = Study(**{**load_study("table3").model_dump(), "seeds": [0, 1]})
+    cells = expand(study, "tiny")
+    assert len(cells) == 6 and len({c.signature("pretrain") for c in cells}) == 6
+    values = {c.signature("linprobe"): 50.0 + 10 * c.seed for c in cells}
+    runs = pd.DataFrame([{"signature": s, "stage": "linprobe", "value": v} for s, v in values.items()])
+    long = collect(study, "tiny", {}, runs)
+    lin = long[(long.metric == "LIN") & (long.setting == "square M=2")].iloc[0]
+    assert lin["ours"] == 55.0 and lin["std"] == pytest.approx(7.0710678) and lin["n"] == 2
+    assert wide(study, long).loc["LIN", ("square M=2", "ours")] == "55.00 ± 7.07"
+    assert wide(study, long).loc["FT", ("square M=2", "ours")] == "—"  # no finetune run yet
+    partial = collect(study, "tiny", {}, runs.iloc[:1])
+    row = partial[(partial.n == 1)].iloc[0]
+    assert row.n == 1 and row.seeds == 2  # printed as "(1/2 seeds)"
