@@ -37,6 +37,7 @@ class DataConfig(_Strict):
     eval_image_size: int | None = Field(None, gt=0)  # linear probe / fine-tuning (Table 8: 192 -> 224)
     train_subset: int | None = Field(None, gt=0)  # first n training images (tiny scale)
     test_subset: int | None = Field(None, gt=0)
+    validation: float | None = Field(None, gt=0, lt=1)  # hold out this share of train; evaluate there
     num_workers: int = Field(0, ge=0)  # runtime
 
 

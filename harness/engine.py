@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from harness.config import OptimConfig, RunConfig
+from harness.distributed import SINGLE, Dist
 
 
 class NonFiniteLoss(RuntimeError):
@@ -61,6 +62,26 @@ def subset(ds: Dataset, n: int | None) -> Dataset:
     if n is None or n >= len(ds):
         return ds
     return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+
+
+def splits(cfg: RunConfig, train_transform, eval_transform) -> tuple[Dataset, Dataset, str]:
+    """(training set, evaluation set, its name) of a stage.
+
+    Evaluation is on the test split, or, with `data.validation`, on a fixed held-out share of
+    the training split (hyper-parameter search never sees the test split); the held-out images
+    are then left out of every stage's training, pre-training included.
+    """
+    from harness.data import build_dataset
+
+    name, root = cfg.data.name, cfg.data.root
+    train = build_dataset(name, root, train=True, transform=train_transform)
+    if not cfg.data.validation:
+        test = build_dataset(name, root, train=False, transform=eval_transform)
+        return subset(train, cfg.data.train_subset), subset(test, cfg.data.test_subset), "test"
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()
+    cut = int(len(train) * cfg.data.validation)
+    held_out = Subset(build_dataset(name, root, train=True, transform=eval_transform), order[:cut])
+    return (subset(Subset(train, order[cut:]), cfg.data.train_subset), subset(held_out, cfg.data.test_subset), "val")
 
 
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
@@ -139,18 +160,23 @@ class Checkpoint:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "checkpoint.pt"
 
-    def save(self, epoch: int, history: list[dict], **objects: Any) -> None:
-        state = {name: obj.state_dict() for name, obj in objects.items()}
-        atomic_save({"epoch": epoch, "history": history, "rng": rng_state(), "state": state}, self.path)
+    def save(self, epoch: int, history: list[dict], dist: Dist = SINGLE, **objects: Any) -> None:
+        """Rank 0 writes; the RNG states of every rank go in (a collective call)."""
+        rngs = dist.gather(rng_state())
+        if dist.is_main:
+            state = {name: obj.state_dict() for name, obj in objects.items()}
+            atomic_save({"epoch": epoch, "history": history, "rng": rngs, "state": state}, self.path)
+        dist.barrier()
 
-    def resume(self, **objects: Any) -> tuple[int, list[dict]]:
+    def resume(self, dist: Dist = SINGLE, **objects: Any) -> tuple[int, list[dict]]:
         """Load the last checkpoint into `objects`; returns (epochs done, metric history)."""
         if not self.path.exists():
             return 0, []
         ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
         for name, obj in objects.items():
             obj.load_state_dict(ckpt["state"][name])
-        set_rng_state(ckpt["rng"])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[min(dist.rank, len(rngs) - 1)])
         return ckpt["epoch"], ckpt["history"]
 
 
@@ -175,42 +201,60 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def fit(*, train_set: Dataset, opt_cfg: OptimConfig, seed: int, num_workers: int, device: torch.device,
         module: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, schedule, checkpoint: Checkpoint,
-        saved: dict[str, Any], tracker, evaluate=None, stop_after: int | None = None,
-        after_step=None) -> list[dict]:
+        saved: dict[str, Any], tracker, evaluate=None, eval_name: str = "test", stop_after: int | None = None,
+        after_step=None, dist: Dist = SINGLE) -> list[dict]:
     """The epoch loop every stage shares; resumes from `checkpoint` and returns the metric history.
 
     `loss_fn(*batch, epoch=e)` computes the loss of one batch (already on `device`); `module`
     is put in train mode each epoch; `saved` names what the checkpoint holds; `evaluate()` ->
-    test top-1; `after_step(global_step, total_steps)` runs after each optimizer step (EMA).
+    top-1 on the evaluation set `eval_name` (test or val); `after_step(global_step,
+    total_steps)` runs after each optimizer step (EMA). With several ranks (`dist`) each trains
+    on its shard with batch_size / world_size images and gradients are averaged before a step.
     """
-    start, history = checkpoint.resume(**saved)
-    if start:
+    if opt_cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {opt_cfg.batch_size} does not split over {dist.world_size} processes")
+    rank_batch = opt_cfg.batch_size // dist.world_size
+    start, history = checkpoint.resume(dist, **saved)
+    if start and dist.is_main:
         tracker.log({"resumed_at_epoch": start}, step=start)
+    if dist.active and not start:  # one random stream per rank (augmentations, serializations)
+        seed_everything(seed * 7919 + dist.rank)
     per_epoch = steps_per_epoch(len(train_set), opt_cfg.batch_size)
     for epoch in range(start, opt_cfg.epochs):
         module.train()
         total, count = 0.0, 0
-        for step, batch in enumerate(epoch_loader(train_set, opt_cfg.batch_size, seed, epoch, num_workers=num_workers)):
+        loader = epoch_loader(train_set, rank_batch, seed, epoch, num_workers=num_workers, rank=dist.rank,
+                              world_size=dist.world_size)
+        for step, batch in enumerate(loader):
             batch = to_device(batch, device)
             with autocast(device):
                 loss = loss_fn(*batch, epoch=epoch)
             check_finite(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if dist.active:
+                dist.average_gradients(module.parameters())
             optimizer.step()
             schedule.step()
             if after_step is not None:
                 after_step(epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
             total, count = total + loss.item(), count + 1
-        metrics = {"loss": total / count, "lr": max(g["lr"] for g in optimizer.param_groups)}
+        metrics = {"loss": dist.mean(total / count), "lr": max(g["lr"] for g in optimizer.param_groups)}
         if evaluate is not None:
-            metrics["test_acc1"] = evaluate()
+            metrics[f"{eval_name}_acc1"] = evaluate()
         history.append(metrics)
-        tracker.log(metrics, step=epoch)
-        checkpoint.save(epoch + 1, history, **saved)
+        if dist.is_main:
+            tracker.log(metrics, step=epoch)
+        checkpoint.save(epoch + 1, history, dist, **saved)
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < opt_cfg.epochs:
             raise Interrupted(f"stopped after epoch {epoch + 1} as asked")
     return history
+
+
+def final_accuracy(history: list[dict], eval_name: str) -> dict[str, float]:
+    """The last epoch's top-1 on the evaluation set, and the best one (logged, never tabled)."""
+    key = f"{eval_name}_acc1"
+    return {key: history[-1][key], f"best_{key}": max(h[key] for h in history)}
 
 
 def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, **kwargs):

@@ -14,7 +14,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from harness import engine
 from harness.config import FinetuneConfig, RunConfig
-from harness.data import build_dataset, dataset_info, eval_transform, finetune_transform
+from harness.distributed import SINGLE, Dist
+from harness.data import dataset_info, eval_transform, finetune_transform
 from harness.linprobe import eval_loader, load_encoder
 from harness.model import Classifier
 
@@ -29,17 +30,14 @@ def criterion_and_mixup(opt_cfg: FinetuneConfig, num_classes: int):
     return torch.nn.CrossEntropyLoss(), None
 
 
-def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None) -> dict[str, float]:
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None,
+        dist: Dist = SINGLE) -> dict[str, float]:
     device = engine.select_device(cfg)
     engine.seed_everything(cfg.seed)
     info, size, opt_cfg = dataset_info(cfg.data.name), cfg.eval_size, cfg.finetune
     model = Classifier(load_encoder(cfg, parent_dir, drop_path=opt_cfg.drop_path), info.num_classes).to(device)
-    train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True,
-                                        transform=finetune_transform(info, size, opt_cfg.rand_augment,
-                                                                     opt_cfg.crop_scale, opt_cfg.hflip)),
-                          cfg.data.train_subset)
-    test = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=False,
-                                       transform=eval_transform(info, size)), cfg.data.test_subset)
+    train_tf = finetune_transform(info, size, opt_cfg.rand_augment, opt_cfg.crop_scale, opt_cfg.hflip)
+    train, test, eval_name = engine.splits(cfg, train_tf, eval_transform(info, size))
     criterion, mixup = criterion_and_mixup(opt_cfg, info.num_classes)
     optimizer, schedule = engine.optimizer_and_schedule(model, opt_cfg, len(train), layer_decay=opt_cfg.layer_decay)
 
@@ -51,6 +49,6 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_af
     history = engine.fit(train_set=train, opt_cfg=opt_cfg, seed=cfg.seed, num_workers=cfg.data.num_workers,
                          device=device, module=model, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                          checkpoint=engine.Checkpoint(run_dir), tracker=tracker, stop_after=stop_after,
-                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device),
-                         saved={"model": model, "optimizer": optimizer, "schedule": schedule})
-    return {"test_acc1": history[-1]["test_acc1"], "best_test_acc1": max(h["test_acc1"] for h in history)}
+                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device), eval_name=eval_name,
+                         dist=dist, saved={"model": model, "optimizer": optimizer, "schedule": schedule})
+    return engine.final_accuracy(history, eval_name)

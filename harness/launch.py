@@ -34,7 +34,9 @@ class ExecutorConfig(BaseModel):
     kind: Literal["local", "slurm"] = "local"
     partition: str | None = None
     gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int = Field(2, gt=0)  # also the torch threads of the job
+    cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
+    tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
+    nodes: int = Field(1, gt=0)
     mem_gb: float | None = Field(None, gt=0)
     timeout_min: int = Field(24 * 60, gt=0)  # per attempt; Slurm requeues on timeout
     max_num_timeout: int = Field(10, ge=0)
@@ -50,17 +52,23 @@ class StageJob(submitit.helpers.Checkpointable):
         self.parent, self.tags, self.threads, self.stop_after = parent, tags, threads, stop_after
 
     def __call__(self) -> dict[str, float]:
-        from harness import engine
+        from harness import distributed, engine
         from harness.tracking import StageTracker
 
         cfg = RunConfig.model_validate(self.config)
         run_dir, results_dir = Path(self.run_dir), Path(self.results_dir)
         engine.set_threads(self.threads)
+        dist = distributed.setup()
         stage = importlib.import_module(f"harness.{self.stage}")
         parent_dir = results_dir / "runs" / self.parent if self.parent else None
-        params = {**cfg.model_dump(mode="json"), "stage": self.stage, "parent": self.parent or ""}
+        if not dist.is_main:  # only rank 0 logs to MLflow and writes the run's files
+            stage.run(cfg, run_dir, None, parent_dir=parent_dir, stop_after=self.stop_after, dist=dist)
+            distributed.teardown(dist)
+            return {}
+        params = {**cfg.model_dump(mode="json"), "stage": self.stage, "parent": self.parent or "",
+                  "world_size": dist.world_size}
         with StageTracker(results_dir, run_dir, self.tags, params) as tracker:
-            metrics = stage.run(cfg, run_dir, tracker, parent_dir=parent_dir, stop_after=self.stop_after)
+            metrics = stage.run(cfg, run_dir, tracker, parent_dir=parent_dir, stop_after=self.stop_after, dist=dist)
             tracker.log({f"final_{k}": v for k, v in metrics.items()}, step=0)
             if self.stage == "pretrain" and cfg.method == "randsac":
                 from harness.pictures import reconstruction
@@ -69,6 +77,7 @@ class StageJob(submitit.helpers.Checkpointable):
             result = {"stage": self.stage, "signature": run_dir.name, "metrics": metrics,
                       "mlflow_run_id": tracker.run_id, "tags": self.tags}
         write_json_atomic(run_dir / f"{self.stage}.json", result)
+        distributed.teardown(dist)
         return metrics
 
 
@@ -82,12 +91,15 @@ def make_executor(executor: ExecutorConfig, folder: Path) -> submitit.Executor:
     """submitit executor; the cluster is always explicit (AutoExecutor would pick Slurm whenever
     Slurm's tools are installed)."""
     if executor.kind == "local":
+        if executor.nodes > 1:
+            raise ValueError("the local executor runs on one node; nodes > 1 needs Slurm")
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
-        ex.update_parameters(timeout_min=executor.timeout_min)
+        ex.update_parameters(timeout_min=executor.timeout_min, tasks_per_node=executor.tasks_per_node)
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=executor.max_num_timeout)
     params: dict[str, Any] = {"timeout_min": executor.timeout_min, "gpus_per_node": executor.gpus_per_node,
-                              "cpus_per_task": executor.cpus_per_task}
+                              "cpus_per_task": executor.cpus_per_task, "tasks_per_node": executor.tasks_per_node,
+                              "nodes": executor.nodes}
     if executor.mem_gb:
         params["mem_gb"] = executor.mem_gb
     if executor.partition:
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     try:
-        metrics = job.result()
+        metrics = job.results()[0]  # rank 0's (one result per task)
     except Exception as err:  # the job's own traceback is in its submitit logs
         print(f"[harness] {args.stage} {args.run_dir.name} FAILED: {err}\n"
               f"[harness] logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)

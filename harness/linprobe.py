@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 
 from harness import engine
 from harness.config import RunConfig
-from harness.data import build_dataset, dataset_info, eval_transform, probe_transform
+from harness.distributed import SINGLE, Dist
+from harness.data import dataset_info, eval_transform, probe_transform
 from harness.model import Encoder, LinearProbe, init_weights
 from harness.pretrain import ENCODER_FILE
 
@@ -47,16 +48,14 @@ def eval_loader(ds):
     return engine.epoch_loader(ds, 256, 0, 0, shuffle=False, drop_last=False)
 
 
-def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None) -> dict[str, float]:
+def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_after: int | None = None,
+        dist: Dist = SINGLE) -> dict[str, float]:
     device = engine.select_device(cfg)
     engine.seed_everything(cfg.seed)
     info, size, opt_cfg = dataset_info(cfg.data.name), cfg.eval_size, cfg.linprobe
     probe = LinearProbe(load_encoder(cfg, parent_dir), info.num_classes).to(device)
     train_tf = probe_transform(info, size) if opt_cfg.augment else eval_transform(info, size)
-    train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True, transform=train_tf),
-                          cfg.data.train_subset)
-    test = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=False,
-                                       transform=eval_transform(info, size)), cfg.data.test_subset)
+    train, test, eval_name = engine.splits(cfg, train_tf, eval_transform(info, size))
     model: torch.nn.Module = probe
     if not opt_cfg.augment:  # frozen encoder and fixed views: compute the features once
         train, test = extract(probe.encoder, train, device), extract(probe.encoder, test, device)
@@ -67,6 +66,6 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None, stop_af
                          device=device, module=probe.head, loss_fn=lambda x, y, epoch: F.cross_entropy(model(x), y),
                          optimizer=optimizer, schedule=schedule, checkpoint=engine.Checkpoint(run_dir),
                          tracker=tracker, stop_after=stop_after,
-                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device),
-                         saved={"head": probe.head, "optimizer": optimizer, "schedule": schedule})
-    return {"test_acc1": history[-1]["test_acc1"], "best_test_acc1": max(h["test_acc1"] for h in history)}
+                         evaluate=lambda: engine.accuracy(model, eval_loader(test), device), eval_name=eval_name,
+                         dist=dist, saved={"head": probe.head, "optimizer": optimizer, "schedule": schedule})
+    return engine.final_accuracy(history, eval_name)

@@ -12,7 +12,8 @@ import torch
 
 from harness import engine
 from harness.config import RunConfig
-from harness.data import build_dataset, dataset_info, pretrain_transform
+from harness.distributed import SINGLE, Dist
+from harness.data import dataset_info, pretrain_transform
 from harness.model import MAE, RandSAC
 from harness.segments import Serializer
 
@@ -45,7 +46,8 @@ def objective(cfg: RunConfig, model: torch.nn.Module):
 
 
 def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None = None,
-        stop_after: int | None = None) -> dict[str, float]:
+        stop_after: int | None = None,
+        dist: Dist = SINGLE) -> dict[str, float]:
     device = engine.select_device(cfg)
     engine.seed_everything(cfg.seed)
     info = dataset_info(cfg.data.name)
@@ -55,14 +57,15 @@ def run(cfg: RunConfig, run_dir: Path, tracker, parent_dir: Path | None = None,
         transform = MultiCrop(cfg.dino, info, cfg.data.image_size, cfg.model.patch_size)
     else:
         transform = pretrain_transform(info, cfg.data.image_size)
-    train = engine.subset(build_dataset(cfg.data.name, cfg.data.root, train=True, transform=transform),
-                          cfg.data.train_subset)
+    train, _, _ = engine.splits(cfg, transform, None)
     model = build(cfg).to(device)
     optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train))
     loss_fn, after_step = objective(cfg, model)
     history = engine.fit(train_set=train, opt_cfg=cfg.pretrain, seed=cfg.seed, num_workers=cfg.data.num_workers,
                          device=device, module=model, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                          checkpoint=engine.Checkpoint(run_dir), tracker=tracker, stop_after=stop_after,
-                         after_step=after_step, saved={"model": model, "optimizer": optimizer, "schedule": schedule})
-    engine.atomic_save(model.encoder.state_dict(), Path(run_dir) / ENCODER_FILE)
+                         after_step=after_step, dist=dist, saved={"model": model, "optimizer": optimizer, "schedule": schedule})
+    if dist.is_main:
+        engine.atomic_save(model.encoder.state_dict(), Path(run_dir) / ENCODER_FILE)
+    dist.barrier()
     return {"final_loss": history[-1]["loss"]}

@@ -14,6 +14,7 @@ from harness.studies import expand, load_study
 from test_engine import Recorder
 
 EPOCHS = 4
+OVERRIDES = {"pretrain.epochs": EPOCHS, "data.train_subset": 1024}  # epochs of about a second
 CHILD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
@@ -33,9 +34,9 @@ CHILD = textwrap.dedent("""
     class Quiet:
         def log(self, metrics, step):
             print("epoch", step, flush=True)
-    cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": %d}))[1].config
+    cfg = expand(load_study("table3"), "tiny", dotted_to_nested(%r))[1].config
     print("final", pretrain.run(cfg, Path(sys.argv[1]), Quiet()), flush=True)
-""" % EPOCHS)
+""" % OVERRIDES)
 
 
 def child(run_dir, **env):
@@ -44,7 +45,7 @@ def child(run_dir, **env):
 
 
 def straight_history(tmp_path):
-    cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": EPOCHS}))[1].config
+    cfg = expand(load_study("table3"), "tiny", dotted_to_nested(OVERRIDES))[1].config
     rec = Recorder()
     final = pretrain.run(cfg, tmp_path / "straight", rec)
     return [m for _, m in rec.logged], final
@@ -58,7 +59,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     proc = child(tmp_path / "run")
     while proc.stdout.readline().strip() != "epoch 1":  # epoch 0 and 1 logged; epoch 2 under way
         assert proc.poll() is None
-    time.sleep(0.3)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 1 <= torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] < EPOCHS

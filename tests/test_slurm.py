@@ -128,3 +128,19 @@ def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_pa
     assert (tmp_path / "results" / "runs" / sig / "pretrain.json").exists()
     submitted = list((tmp_path / "results" / "runs" / sig / "submitit").glob("*/*_submitted.pkl"))
     assert len(submitted) == 1  # one job, never a second one on the same run folder
+
+
+def test_two_task_slurm_job_matches_one_process(tmp_path, monkeypatch):
+    """A 2-task CPU job (gloo) through Slurm: same loss trajectory as one process, same global batch."""
+    from test_distributed import compare
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    compare(tmp_path, "slurm", partition="cpu", mem_gb=2, timeout_min=20)
+
+
+def test_optuna_search_with_two_slurm_workers(tmp_path):
+    """A tiny search, 2 workers as a Slurm job array sharing a journal file: every trial complete, unique."""
+    from test_tune import check_search, run_search
+
+    check_search(tmp_path, run_search(tmp_path, {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1,
+                                                 "mem_gb": 2, "timeout_min": 20}))
