@@ -64,7 +64,7 @@ def subset(ds: Dataset, n: int | None) -> Dataset:
     return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
 
 
-def splits(cfg: RunConfig, train_transform, eval_transform) -> tuple[Dataset, Dataset, str]:
+def splits(cfg: RunConfig, train_transform, eval_transform) -> tuple[Dataset, Dataset | None, str]:
     """(training set, evaluation set, its name) of a stage.
 
     Evaluation is on the test split, or, with `data.validation`, on a fixed held-out share of
@@ -76,6 +76,8 @@ def splits(cfg: RunConfig, train_transform, eval_transform) -> tuple[Dataset, Da
     name, root = cfg.data.name, cfg.data.root
     train = build_dataset(name, root, train=True, transform=train_transform)
     if not cfg.data.validation:
+        if eval_transform is None:  # pre-training evaluates nothing
+            return subset(train, cfg.data.train_subset), None, "test"
         test = build_dataset(name, root, train=False, transform=eval_transform)
         return subset(train, cfg.data.train_subset), subset(test, cfg.data.test_subset), "test"
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.config import RunConfig, SegmentConfig  # noqa: E402
-from harness.segments import Serializer  # noqa: E402
+from harness.segments import Serializer, serialize  # noqa: E402
 
 SHOWCASE = {
     "patch-raster": SegmentConfig(size=1, order="raster"),
@@ -71,8 +71,6 @@ def sample_panel(cfg: SegmentConfig, grid: int, seed: int):
     serializer = Serializer(cfg, grid)
     g = torch.Generator().manual_seed(seed)
     seg = serializer.segmentation(1, g)
-    from harness.segments import serialize
-
     ranks = serialize(seg, cfg.order, g)[0].reshape(grid, grid).numpy()
     partitions = None
     if seg.parents:
@@ -114,8 +112,6 @@ def reconstruction(cfg: RunConfig, run_dir: Path, out: Path | None = None, n: in
     serializer = Serializer(cfg.segments, cfg.grid_size)
     g = torch.Generator().manual_seed(0)
     seg = serializer.segmentation(n, g)
-    from harness.segments import serialize
-
     ranks = serialize(seg, cfg.segments.order, g)
     pred = model(imgs, ranks)
     p = cfg.model.patch_size

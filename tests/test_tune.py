@@ -31,8 +31,9 @@ def test_validation_split_is_held_out_of_training_and_never_the_test_split():
     assert name == "val" and len(val) == 1000 and len(train) == 3000  # 25% of the 4,000 training digits
     assert set(train.indices).isdisjoint(val.indices)
     assert val.dataset.train  # drawn from the training split, not the test split
-    _, test, name = engine.splits(expand(load_study("table3"), "tiny")[0].config, None, None)
+    _, test, name = engine.splits(expand(load_study("table3"), "tiny")[0].config, None, eval_transform(info, 32))
     assert name == "test" and not test.dataset.train
+    assert engine.splits(expand(load_study("table3"), "tiny")[0].config, None, None)[1] is None  # pre-training
 
 
 def test_search_files_are_checked(tmp_path):
