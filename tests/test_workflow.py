@@ -1,4 +1,5 @@
 """End to end through the real tools: Snakemake -> submitit (local executor) -> MLflow -> tables."""
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def test_dry_run_lists_exactly_the_table3_jobs(tmp_path):
     (["table3", "--config", "scale=tiny", "epochs=3"], "unknown config key(s) ['epochs']"),
     (["table3", "--config", "scale=paper", "data={root: /nonexistent}"], "python -m harness.data fetch cifar10"),
     (["table99", "--config", "scale=tiny"], "unknown target 'table99'; targets are all, table1"),
+    (["table3", "--config", "scale=tiny", "segments={order: spiral}"], "segments.order: Input should be 'random' or 'raster'"),
+    (["table5", "--config", "scale=tiny", "segments={count: 65}"], "K=65 is larger than the 64 tokens"),
+    (["table6", "--config", "scale=tiny", "segments={hierarchy: [32]}"], "32 partitions of 4 units"),
+    (["table3", "--config", "scale=tiny", "model={patch_size: 5}"], "patch_size=5 does not divide data.image_size=32"),
 ])
 def test_bad_input_stops_before_any_job(tmp_path, args, message):
     out = snakemake(tmp_path, *args)
@@ -120,3 +125,41 @@ def test_all_tables_end_to_end_at_tiny_scale(tmp_path, monkeypatch):
     pretrains = [r for r in runs if r.data.tags["stage"] == "pretrain" and r.data.params["method"] == "randsac"]
     artifacts = {a.path for r in pretrains[:3] for a in client.list_artifacts(r.info.run_id)}
     assert "reconstruction.png" in artifacts
+
+
+@pytest.mark.integration
+def test_a_stopped_workflow_redoes_only_unfinished_runs(tmp_path, monkeypatch):
+    """Stop Snakemake mid-table; asking again runs only what had not finished, and every run
+    keeps one MLflow run (a stage cut short continues its own run)."""
+    import signal
+    import time
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["table3", "--config", "scale=tiny", "pretrain={epochs: 4}"]
+    proc = subprocess.Popen([SNAKEMAKE, "--profile", "local", "--directory", str(tmp_path), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs_dir = tmp_path / "results" / "runs"
+    deadline = time.time() + 600
+    while len(list(runs_dir.glob("*/*[!b].json"))) < 2:  # two stage runs finished (job.json excluded)
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    # Snakemake removes the outputs of jobs it was running when stopped; what is left finished
+    finished = {p.parent.name: p.stem for p in runs_dir.glob("*/*[!b].json")}
+    assert 1 <= len(finished) < 9
+    dry = snakemake(tmp_path, "-n", *args)
+    counts = job_counts(dry.stdout)
+    assert sum(counts.get(s, 0) for s in ("pretrain", "linprobe", "finetune")) == 9 - len(finished)
+    again = snakemake(tmp_path, *args)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
+    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}  # no duplicate, none lost
+    for r in runs:
+        if r.data.tags["signature"] in finished:  # finished before the stop: never retrained
+            assert not client.get_metric_history(r.info.run_id, "resumed_at_epoch")
+            assert len(client.get_metric_history(r.info.run_id, "loss")) == int(
+                r.data.params[f"{r.data.tags['stage']}.epochs"])
