@@ -40,6 +40,7 @@ class Plan:
         self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides)
         self._check_data()
         check_slurm(self.executor)
+        self._check_gpu()
 
     @classmethod
     def from_snakemake_config(cls, config: dict[str, Any], targets: list[str] | None = None) -> "Plan":
@@ -79,6 +80,17 @@ class Plan:
                     check_data(*key)
                 except DataError as err:
                     raise ConfigError(str(err)) from None
+
+    def _check_gpu(self) -> None:
+        """A GPU asked of the local executor must exist here (Slurm's are checked by check_slurm)."""
+        wants = self.executor.gpus_per_node > 0 or any(r.config.device == "cuda" for r in self.runs.values())
+        if self.executor.kind != "local" or not wants:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("a GPU is asked for (device: cuda or executor.gpus_per_node) but this machine has "
+                              "no CUDA device; use device: auto / cpu, or run with --profile slurm")
 
     # ---------------------------------------------------------------- files Snakemake tracks
     def run_file(self, sig: str, stage: str) -> str:

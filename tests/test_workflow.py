@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 
 
 def snakemake(workdir: Path, *args: str, profile: str = "local", env: dict | None = None) -> subprocess.CompletedProcess:
@@ -39,6 +40,9 @@ def test_dry_run_lists_exactly_the_table3_jobs(tmp_path):
     (["table5", "--config", "scale=tiny", "segments={count: 65}"], "K=65 is larger than the 64 tokens"),
     (["table6", "--config", "scale=tiny", "segments={hierarchy: [32]}"], "32 partitions of 4 units"),
     (["table3", "--config", "scale=tiny", "model={patch_size: 5}"], "patch_size=5 does not divide data.image_size=32"),
+    pytest.param(["table3", "--config", "scale=tiny", "device=cuda"], "a GPU is asked for", marks=NO_GPU),
+    pytest.param(["table3", "--config", "scale=tiny", "executor={gpus_per_node: 1}"],
+                 "but this machine has no CUDA device", marks=NO_GPU),
 ])
 def test_bad_input_stops_before_any_job(tmp_path, args, message):
     out = snakemake(tmp_path, *args)
