@@ -5,10 +5,10 @@
 #   snakemake --profile local table3 --config scale=tiny 'pretrain={epochs: 1}'
 #
 # Config keys: scale (tiny|smoke|paper); executor (see profiles/*/harness.yaml; --config
-# 'executor={mem_gb: 8}' merges into the profile's); and the run config sections (data, model,
-# segments, pretrain, linprobe, finetune, seed) as overrides for every cell.
+# 'executor={mem_gb: 8}' merges into the profile's); tracking_uri (a shared MLflow server); and
+# the run config's fields (method, data, model, segments, pretrain, linprobe, finetune, dino,
+# seed, device) as overrides for every cell.
 # Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
-import json
 import sys
 
 from harness.workflow import Plan
