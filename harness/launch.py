@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -139,7 +140,8 @@ def live_slurm_job(run_dir: Path):
     """The Slurm job a previous launcher submitted for this run and that still lives, if any.
 
     When Snakemake (or the login node) dies, Slurm jobs go on; asking for the run again waits
-    for that job instead of starting a second one on the same run folder.
+    for that job instead of starting a second one on the same run folder. squeue is asked, not
+    accounting: a job submitted a moment ago may not be in sacct yet.
     """
     record = Path(run_dir) / "job.json"
     if not record.exists():
@@ -147,12 +149,15 @@ def live_slurm_job(run_dir: Path):
     info = json.loads(record.read_text())
     if info.get("cluster") != "slurm":
         return None
-    job = submitit.SlurmJob(folder=info["folder"], job_id=info["job_id"])
     try:
-        state = job.state
-    except Exception:  # noqa: BLE001 - accounting unreachable: submit anew
+        out = subprocess.run(["squeue", "-h", "-j", str(info["job_id"]), "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
         return None
-    return job if state.split()[0] in LIVE_SLURM_STATES else None
+    states = set(out.stdout.split())
+    if out.returncode != 0 or not states & LIVE_SLURM_STATES:
+        return None
+    return submitit.SlurmJob(folder=info["folder"], job_id=info["job_id"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config)
     executor = ExecutorConfig.model_validate_json(args.executor)
+    done = args.run_dir / f"{args.stage}.json"
+    if done.exists():  # finished meanwhile (e.g. by a job that outlived an earlier launcher)
+        print(f"[harness] {args.stage} {args.run_dir.name} already done: {json.loads(done.read_text())['metrics']}")
+        return 0
     job = live_slurm_job(args.run_dir) if executor.kind == "slurm" else None
     if job is not None:
         print(f"[harness] {args.stage} {args.run_dir.name}: job {job.job_id} still runs; waiting for it", flush=True)
