@@ -22,6 +22,13 @@ onstart:
     experiment_id(PLAN.results_dir)  # create the tracking store once, before jobs write to it
 
 
+def launch(run_args, job_args):
+    """A stage job: harness.launch submits the run through submitit and waits for it. Only
+    run_args (what defines the run) are Snakemake params; job_args (executor, MLflow tags of the
+    table asking) stay out of them, so another table asking for the same run does not redo it."""
+    shell(f"{PY} -m harness.launch {run_args} {job_args}".replace("{", "{{").replace("}", "}}"))
+
+
 wildcard_constraints:
     sig="[0-9a-f]{12}",
 
@@ -47,7 +54,7 @@ rule pretrain:
     output: "results/runs/{sig}/pretrain.json"
     params: args=lambda wc: PLAN.launch_args(wc.sig, "pretrain")
     localrule: True
-    shell: "{PY} -m harness.launch {params.args}"
+    run: launch(params.args, PLAN.job_args(wildcards.sig, "pretrain"))
 
 
 rule linprobe:
@@ -55,7 +62,7 @@ rule linprobe:
     output: "results/runs/{sig}/linprobe.json"
     params: args=lambda wc: PLAN.launch_args(wc.sig, "linprobe")
     localrule: True
-    shell: "{PY} -m harness.launch {params.args}"
+    run: launch(params.args, PLAN.job_args(wildcards.sig, "linprobe"))
 
 
 rule finetune:
@@ -63,4 +70,4 @@ rule finetune:
     output: "results/runs/{sig}/finetune.json"
     params: args=lambda wc: PLAN.launch_args(wc.sig, "finetune")
     localrule: True
-    shell: "{PY} -m harness.launch {params.args}"
+    run: launch(params.args, PLAN.job_args(wildcards.sig, "finetune"))

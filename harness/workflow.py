@@ -110,19 +110,30 @@ class Plan:
         return [self.run_file(parent, "pretrain")] if parent else []  # supervised: no pre-training
 
     def launch_args(self, sig: str, stage: str) -> str:
-        run = self.runs.get(sig)
-        if run is None or run.stage != stage:
-            raise ConfigError(f"{stage} run {sig} is not in the plan of any study at scale {self.scale}")
+        """What defines the run `sig` of `stage`: the only arguments Snakemake compares between
+        invocations (its params), so a run asked for again by another table is not redone."""
+        run = self._run(sig, stage)
+        args = ["--stage", stage, "--run-dir", str(self.results_dir / "runs" / sig),
+                "--config", run.config.model_dump_json()]
+        if run.parent:
+            args += ["--parent", run.parent]
+        return shlex.join(args)
+
+    def job_args(self, sig: str, stage: str) -> str:
+        """How this invocation submits the run and labels it in MLflow: the executor and the
+        tags of the first table that asks for it. Not part of what Snakemake compares."""
+        run = self._run(sig, stage)
         first_study, first_cell = run.cells[0]
         tags = {"study": first_study, "cell": first_cell, "scale": self.scale,
                 "cells": "; ".join(f"{s}:{c}" for s, c in run.cells),
                 "mlflow.runName": f"{first_study}/{first_cell}/{stage}"}
-        args = ["--stage", stage, "--run-dir", str(self.results_dir / "runs" / sig),
-                "--config", run.config.model_dump_json(), "--executor", self.executor.model_dump_json(),
-                "--tags", json.dumps(tags)]
-        if run.parent:
-            args += ["--parent", run.parent]
-        return shlex.join(args)
+        return shlex.join(["--executor", self.executor.model_dump_json(), "--tags", json.dumps(tags)])
+
+    def _run(self, sig: str, stage: str):
+        run = self.runs.get(sig)
+        if run is None or run.stage != stage:
+            raise ConfigError(f"{stage} run {sig} is not in the plan of any study at scale {self.scale}")
+        return run
 
 
 def command_line_targets(argv: list[str]) -> list[str]:

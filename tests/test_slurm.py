@@ -115,7 +115,8 @@ def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_pa
     plan = Plan("tiny", {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 20},
                 {"pretrain": {"epochs": 6}, "data": {"train_subset": 1024}}, only=["table3"])
     sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain")
-    cmd = [sys.executable, "-m", "harness.launch", *shlex.split(plan.launch_args(sig, "pretrain"))]
+    cmd = [sys.executable, "-m", "harness.launch", *shlex.split(plan.launch_args(sig, "pretrain")),
+           *shlex.split(plan.job_args(sig, "pretrain"))]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = first.stdout.readline()
     assert "submitted job" in line

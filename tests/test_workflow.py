@@ -90,6 +90,14 @@ def test_table3_end_to_end_at_tiny_scale(tmp_path, monkeypatch):
     # asking again does nothing: every run is one signature, already done
     again = snakemake(tmp_path, "table3", "--config", "scale=tiny")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # ... whatever executor settings or MLflow tags the asking invocation brings
+    again = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", "executor={mem_gb: 3}")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # another table sharing two of its cells (square M=1 = patch-random, M=2 = square-random)
+    # plans only its new cell: Snakemake does not redo runs another table asked for
+    table4 = snakemake(tmp_path, "-n", "table4", "--config", "scale=tiny")
+    assert table4.returncode == 0, table4.stderr
+    assert job_counts(table4.stdout) == {"pretrain": 1, "linprobe": 1, "finetune": 1, "table4": 1}
 
 
 def test_dry_run_all_plans_every_table_and_shares_runs(tmp_path):
