@@ -22,13 +22,6 @@ onstart:
     experiment_id(PLAN.results_dir)  # create the tracking store once, before jobs write to it
 
 
-def launch(run_args, job_args):
-    """A stage job: harness.launch submits the run through submitit and waits for it. Only
-    run_args (what defines the run) are Snakemake params; job_args (executor, MLflow tags of the
-    table asking) stay out of them, so another table asking for the same run does not redo it."""
-    shell(f"{PY} -m harness.launch {run_args} {job_args}".replace("{", "{{").replace("}", "}}"))
-
-
 wildcard_constraints:
     sig="[0-9a-f]{12}",
 
@@ -50,24 +43,35 @@ for _study in PLAN.studies:
             "--overrides {PLAN.overrides_json:q} --results {PLAN.results_dir:q}"
 
 
+# A stage job runs harness.launch, which submits the run through submitit and waits for it.
+# params.args is what defines the run (stage, config, parent): Snakemake redoes a run when it
+# changes. params.job (executor settings, MLflow tags of the table asking) takes `output`, which
+# makes it a derived param that Snakemake does not compare: another table, or other executor
+# settings, asking for a finished run do not redo it.
 rule pretrain:
     output: "results/runs/{sig}/pretrain.json"
-    params: args=lambda wc: PLAN.launch_args(wc.sig, "pretrain")
+    params:
+        args=lambda wc: PLAN.launch_args(wc.sig, "pretrain"),
+        job=lambda wc, output: PLAN.job_args(wc.sig, "pretrain"),
     localrule: True
-    run: launch(params.args, PLAN.job_args(wildcards.sig, "pretrain"))
+    shell: "{PY} -m harness.launch {params.args} {params.job}"
 
 
 rule linprobe:
     input: lambda wc: PLAN.parent_result(wc.sig)
     output: "results/runs/{sig}/linprobe.json"
-    params: args=lambda wc: PLAN.launch_args(wc.sig, "linprobe")
+    params:
+        args=lambda wc: PLAN.launch_args(wc.sig, "linprobe"),
+        job=lambda wc, output: PLAN.job_args(wc.sig, "linprobe"),
     localrule: True
-    run: launch(params.args, PLAN.job_args(wildcards.sig, "linprobe"))
+    shell: "{PY} -m harness.launch {params.args} {params.job}"
 
 
 rule finetune:
     input: lambda wc: PLAN.parent_result(wc.sig)
     output: "results/runs/{sig}/finetune.json"
-    params: args=lambda wc: PLAN.launch_args(wc.sig, "finetune")
+    params:
+        args=lambda wc: PLAN.launch_args(wc.sig, "finetune"),
+        job=lambda wc, output: PLAN.job_args(wc.sig, "finetune"),
     localrule: True
-    run: launch(params.args, PLAN.job_args(wildcards.sig, "finetune"))
+    shell: "{PY} -m harness.launch {params.args} {params.job}"
