@@ -69,7 +69,7 @@ _SMOKE: dict[str, Any] = {
     "model": {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4,
               "decoder_depth": 2, "decoder_num_heads": 4},
     # 4 pre-training epochs: the loss of the smoke encoder levels off after 2-3 (one 8-epoch run: 0.430
-    # after 2, 0.418 after 3, 0.411 after 8), and the ten tables. 29 distinct cells must fit an afternoon
+    # after 2, 0.418 after 3, 0.411 after 8), and the ten tables' 29 distinct cells must fit an afternoon
     "pretrain": {"epochs": 4, "warmup_epochs": 1, "batch_size": 128, "base_lr": 1.5e-3,
                  "weight_decay": 0.05, "betas": [0.9, 0.95]},
     "linprobe": {"epochs": 50, "warmup_epochs": 5, "batch_size": 256, "base_lr": 0.1,
