@@ -93,16 +93,25 @@ def wide(study: Study, long: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def caption(study: Study, scale: str, cfg: RunConfig) -> str:
-    m = cfg.model
-    size = f"{cfg.data.image_size}×{cfg.data.image_size}"
-    if cfg.eval_size != cfg.data.image_size:
-        size += f", evaluated at {cfg.eval_size}×{cfg.eval_size}"
-    text = (f"Table {study.table}: {study.caption}. Scale `{scale}`: dataset {cfg.data.name} ({size}), "
-            f"encoder {m.depth}×{m.embed_dim} ({m.num_heads} heads, patch {m.patch_size}), decoder "
-            f"{m.decoder_depth} layers; pre-training {cfg.pretrain.epochs} epochs, linear probe "
-            f"{cfg.linprobe.epochs}, fine-tuning {cfg.finetune.epochs}. Top-1 (%) on the test split; "
+def caption(study: Study, scale: str, cfgs: list[RunConfig]) -> str:
+    """The table's caption: what its cells ran. A setting that differs between cells (the
+    patch size of Table 9, the datasets of Table 6 at `paper`) lists its values, e.g. "patch 2/4/8"."""
+    def each(value) -> str:
+        return "/".join(dict.fromkeys(str(value(c)) for c in cfgs))
+
+    size = each(lambda c: f"{c.data.image_size}×{c.data.image_size}")
+    if any(c.eval_size != c.data.image_size for c in cfgs):
+        size += f", evaluated at {each(lambda c: f'{c.eval_size}×{c.eval_size}')}"
+    text = (f"Table {study.table}: {study.caption}. Scale `{scale}`: dataset {each(lambda c: c.data.name)} "
+            f"({size}), encoder {each(lambda c: f'{c.model.depth}×{c.model.embed_dim}')} "
+            f"({each(lambda c: c.model.num_heads)} heads, patch {each(lambda c: c.model.patch_size)}), decoder "
+            f"{each(lambda c: c.model.decoder_depth)} layers; pre-training {each(lambda c: c.pretrain.epochs)} "
+            f"epochs, linear probe {each(lambda c: c.linprobe.epochs)}, fine-tuning "
+            f"{each(lambda c: c.finetune.epochs)}. Top-1 (%) on the test split; "
             f"paper: the paper's numbers on {', '.join(study.datasets)}.")
+    names = {c.data.name for c in cfgs}
+    if len(study.datasets) > 1 and len(names) == 1:
+        text += f" Every dataset's columns ran on {names.pop()}: they are the same runs."
     if study.reported:
         text += " Rows marked (reported) are other methods' published numbers, not runs of this harness."
     if scale != "paper":
@@ -113,7 +122,7 @@ def caption(study: Study, scale: str, cfg: RunConfig) -> str:
 def render(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     long = collect(study, scale, overrides, runs)
     frame = wide(study, long)
-    cap = caption(study, scale, expand(study, scale, overrides)[0].config)
+    cap = caption(study, scale, [cell.config for cell in expand(study, scale, overrides)])
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{study.name}.{ext}" for ext in ("md", "tex", "csv")}
     md = frame.copy()

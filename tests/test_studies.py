@@ -112,3 +112,22 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     partial = collect(study, "tiny", {}, runs.iloc[:1])
     row = partial[(partial.n == 1)].iloc[0]
     assert row.n == 1 and row.seeds == 2  # printed as "(1/2 seeds)"
+
+
+def test_captions_name_what_the_cells_ran():
+    from harness.tables import caption
+
+    def cap(name, scale):
+        study = load_study(name)
+        return caption(study, scale, [c.config for c in expand(study, scale)])
+
+    assert "patch 2/4/8" in cap("table9", "tiny")  # the swept setting lists its values
+    assert "patch 1/4)" in cap("table1", "smoke") and "(16×16)" in cap("table1", "smoke")
+    assert "patch 4)" in cap("table3", "smoke") and "pre-training 4 epochs" in cap("table3", "smoke")
+    assert "(32×32, evaluated at 40×40)" in cap("table8", "smoke")
+    paper6 = cap("table6", "paper")  # CIFAR10 with ViT-Tiny/4 beside ImageNet100 with ViT-Small/16
+    assert "dataset cifar10/imagenet100 (32×32/256×256)" in paper6 and "patch 4/16" in paper6
+    assert "encoder 12×192/12×384" in paper6
+    assert "Not comparable" not in paper6 and "Not comparable" in cap("table3", "tiny")
+    assert "columns ran on mnist5k: they are the same runs" in cap("table6", "smoke")
+    assert "same runs" not in paper6 and "same runs" not in cap("table3", "smoke")
