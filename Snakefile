@@ -11,15 +11,14 @@
 # Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
 import sys
 
+from harness.core.config import STAGES
 from harness.workflow import Plan
 
 PY = sys.executable
 PLAN = Plan.for_snakefile(config, sys.argv[1:])
 
 onstart:
-    from harness.tracking import experiment_id
-
-    experiment_id(PLAN.results_dir)  # create the tracking store once, before jobs write to it
+    PLAN.store.experiment_id()  # create the tracking store once, before jobs write to it
 
 
 wildcard_constraints:
@@ -36,42 +35,23 @@ for _study in PLAN.studies:
         name: _study.name
         input: lambda wc, s=_study: PLAN.table_inputs(s), PLAN.studies_dir / f"{_study.name}.yaml"
         output: PLAN.table_files(_study)
-        params: study=_study.name
+        params: args=PLAN.table_args(_study)
         localrule: True
-        shell:
-            "{PY} -m harness.tables {params.study} --scale {PLAN.scale} "
-            "--overrides {PLAN.overrides_json:q} --results {PLAN.results_dir:q}"
+        shell: "{PY} -m harness.tables {params.args}"
 
 
-# A stage job runs harness.launch, which submits the run through submitit and waits for it.
-# params.args is what defines the run (stage, config, parent): Snakemake redoes a run when it
-# changes. params.job (executor settings, MLflow tags of the table asking) takes `output`, which
-# makes it a derived param that Snakemake does not compare: another table, or other executor
-# settings, asking for a finished run do not redo it.
-rule pretrain:
-    output: "results/runs/{sig}/pretrain.json"
-    params:
-        args=lambda wc: PLAN.launch_args(wc.sig, "pretrain"),
-        job=lambda wc, output: PLAN.job_args(wc.sig, "pretrain"),
-    localrule: True
-    shell: "{PY} -m harness.launch {params.args} {params.job}"
-
-
-rule linprobe:
-    input: lambda wc: PLAN.parent_result(wc.sig)
-    output: "results/runs/{sig}/linprobe.json"
-    params:
-        args=lambda wc: PLAN.launch_args(wc.sig, "linprobe"),
-        job=lambda wc, output: PLAN.job_args(wc.sig, "linprobe"),
-    localrule: True
-    shell: "{PY} -m harness.launch {params.args} {params.job}"
-
-
-rule finetune:
-    input: lambda wc: PLAN.parent_result(wc.sig)
-    output: "results/runs/{sig}/finetune.json"
-    params:
-        args=lambda wc: PLAN.launch_args(wc.sig, "finetune"),
-        job=lambda wc, output: PLAN.job_args(wc.sig, "finetune"),
-    localrule: True
-    shell: "{PY} -m harness.launch {params.args} {params.job}"
+# One rule per stage. A stage job runs harness.launch, which submits the run through submitit
+# and waits for it. params.args is what defines the run (stage, config, parent): Snakemake
+# redoes a run when it changes. params.job (executor settings, tracking store, MLflow tags of
+# the table asking) takes `output`, which makes it a derived param that Snakemake does not
+# compare: another table, or other executor settings, asking for a finished run do not redo it.
+for _stage in STAGES:
+    rule:
+        name: _stage
+        input: lambda wc: PLAN.parent_result(wc.sig)
+        output: PLAN.result_pattern(_stage)
+        params:
+            args=lambda wc, s=_stage: PLAN.launch_args(wc.sig, s),
+            job=lambda wc, output, s=_stage: PLAN.job_args(wc.sig, s),
+        localrule: True
+        shell: "{PY} -m harness.launch {params.args} {params.job}"

@@ -15,19 +15,22 @@ from pathlib import Path
 
 import torch
 
-from harness import finetune, linprobe, pretrain
-from harness.config import ModelConfig, SegmentConfig, dotted_to_nested
-from harness.engine import autocast
-from harness.model import RandSAC
-from harness.segments import Serializer
+from harness.core.layout import RunFolder
+from harness.core.config import ModelConfig, SegmentConfig, dotted_to_nested
+from harness.runner import stage_module
+from harness.stages.context import StageContext
+from harness.stages.engine import autocast
+from harness.science.model import RandSAC
+from harness.science.segments import Serializer
 from harness.studies import expand, load_study
 
 
 class Printer:
-    run_id = "cuda-check"
-
     def log(self, metrics, step):
         print(f"    epoch {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def log_artifact(self, path):
+        print(f"    artifact {path}")
 
 
 def contract(device: torch.device) -> None:
@@ -52,11 +55,11 @@ def contract(device: torch.device) -> None:
 def stages() -> None:
     cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"device": "cuda"}))[1].config
     root = Path(tempfile.mkdtemp())
-    for name, module, parent in (("pretrain", pretrain, None), ("linprobe", linprobe, root / "pretrain"),
-                                 ("finetune", finetune, root / "pretrain")):
+    pretrained = RunFolder(root / "pretrain")
+    for name, parent in (("pretrain", None), ("linprobe", pretrained), ("finetune", pretrained)):
         start = time.perf_counter()
         print(f"  {name}:")
-        result = module.run(cfg, root / name, Printer(), parent_dir=parent)
+        result = stage_module(name).run(StageContext(cfg, RunFolder(root / name), Printer(), parent))
         print(f"    -> {result} in {time.perf_counter() - start:.1f}s")
 
 

@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from harness import masks
-from harness.config import ModelConfig, SegmentConfig
-from harness.engine import autocast
-from harness.model import RandSAC, normalized_pixel_loss
+from harness.science import masks
+from harness.core.config import ModelConfig, SegmentConfig
+from harness.stages.engine import autocast
+from harness.science.model import RandSAC, normalized_pixel_loss
 from harness.scales import preset
-from harness.segments import Serializer
+from harness.science.segments import Serializer
 
 SIZES = {
     "vit-tiny": ModelConfig(patch_size=4, embed_dim=192, depth=12, num_heads=3, decoder_depth=3, decoder_num_heads=3),

@@ -1,16 +1,15 @@
 """Run one stage as a submitit job (local executor or Slurm) and wait for it.
 
 Snakemake calls this once per stage run:
-    python -m harness.launch --stage pretrain --run-dir results/runs/<signature> --config '<json>' ...
-It writes the run's resolved config, submits a `StageJob` with a fresh submitit folder for
-this attempt (a reused Slurm job id can never return an old result), and waits. The job
-checkpoints every epoch; on a Slurm timeout or preemption submitit requeues it
-(Checkpointable) and it resumes from the last checkpoint.
+    python -m harness.launch --stage pretrain --results results --config '<json>' ...
+It writes the run's resolved config into results/runs/<signature>/, submits a `StageJob` with a
+fresh submitit folder for this attempt (a reused Slurm job id can never return an old result),
+and waits. The job checkpoints every epoch; on a Slurm timeout or preemption submitit requeues
+it (Checkpointable) and it resumes from the last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import signal
 import subprocess
@@ -24,8 +23,9 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.config import RunConfig, signature, stage_config
-
+from harness.core.config import STAGES, RunConfig
+from harness.core.layout import Results, RunFolder
+from harness.science import methods
 
 
 class ExecutorConfig(BaseModel):
@@ -47,45 +47,24 @@ class ExecutorConfig(BaseModel):
 class StageJob(submitit.helpers.Checkpointable):
     """The callable submitit runs; calling it again (after a requeue) resumes the stage."""
 
-    def __init__(self, stage: str, config: dict, run_dir: str, results_dir: str, parent: str | None,
-                 tags: dict[str, str], threads: int | None = None, stop_after: int | None = None):
-        self.stage, self.config, self.run_dir, self.results_dir = stage, config, run_dir, results_dir
-        self.parent, self.tags, self.threads, self.stop_after = parent, tags, threads, stop_after
+    def __init__(self, stage: str, config: dict, results: str, signature: str, parent: str | None,
+                 tags: dict[str, str], tracking_uri: str, threads: int | None = None):
+        self.stage, self.config, self.results, self.signature = stage, config, results, signature
+        self.parent, self.tags, self.tracking_uri, self.threads = parent, tags, tracking_uri, threads
 
     def __call__(self) -> dict[str, float]:
-        from harness import distributed, engine
-        from harness.tracking import StageTracker
+        from harness.runner import run_stage
+        from harness.stages import distributed, engine
+        from harness.tracking import Store
 
-        cfg = RunConfig.model_validate(self.config)
-        run_dir, results_dir = Path(self.run_dir), Path(self.results_dir)
+        results = Results(Path(self.results))
         engine.set_threads(self.threads)
         dist = distributed.setup()
-        stage = importlib.import_module(f"harness.{self.stage}")
-        parent_dir = results_dir / "runs" / self.parent if self.parent else None
-        if not dist.is_main:  # only rank 0 logs to MLflow and writes the run's files
-            stage.run(cfg, run_dir, None, parent_dir=parent_dir, stop_after=self.stop_after, dist=dist)
-            distributed.teardown(dist)
-            return {}
-        params = {**cfg.model_dump(mode="json"), "stage": self.stage, "parent": self.parent or "",
-                  "world_size": dist.world_size}
-        with StageTracker(results_dir, run_dir, self.tags, params) as tracker:
-            metrics = stage.run(cfg, run_dir, tracker, parent_dir=parent_dir, stop_after=self.stop_after, dist=dist)
-            tracker.log({f"final_{k}": v for k, v in metrics.items()}, step=0)
-            if self.stage == "pretrain" and cfg.method == "randsac":
-                from harness.pictures import reconstruction
-
-                tracker.log_artifact(reconstruction(cfg, run_dir))
-            result = {"stage": self.stage, "signature": run_dir.name, "metrics": metrics,
-                      "mlflow_run_id": tracker.run_id, "tags": self.tags}
-        write_json_atomic(run_dir / f"{self.stage}.json", result)
+        parent = results.run(self.parent) if self.parent else None
+        metrics = run_stage(self.stage, RunConfig.model_validate(self.config), results.run(self.signature),
+                            store=Store(self.tracking_uri, results), tags=self.tags, parent=parent, dist=dist)
         distributed.teardown(dist)
         return metrics
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
 
 
 def make_executor(executor: ExecutorConfig, folder: Path) -> submitit.Executor:
@@ -111,24 +90,22 @@ def make_executor(executor: ExecutorConfig, folder: Path) -> submitit.Executor:
     return ex
 
 
-def submit(stage: str, cfg: RunConfig, run_dir: Path, executor: ExecutorConfig, *, parent: str | None = None,
-           tags: dict[str, str] | None = None, stop_after: int | None = None):
-    """Write the run's config and submit its StageJob; returns the submitit job."""
-    run_dir = Path(run_dir).resolve()
-    expected = signature(cfg, stage)
-    if run_dir.name != expected:
-        raise ValueError(f"run folder {run_dir.name} does not match the config's {stage} signature {expected}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"stage_config": stage_config(cfg, stage), "config": cfg.model_dump(mode="json")}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfig, *, tracking_uri: str,
+           parent: str | None = None, tags: dict[str, str] | None = None):
+    """Write the run's config into its folder and submit its StageJob; returns the submitit job."""
+    results = Results(results.root.resolve())
+    run = results.run(methods.signature(cfg, stage))
+    run.path.mkdir(parents=True, exist_ok=True)
+    resolved = {"stage_config": methods.stage_config(cfg, stage), "config": cfg.model_dump(mode="json")}
+    run.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
     attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    ex = make_executor(executor, run_dir / "submitit" / attempt)
-    ex.update_parameters(name=f"{stage}-{run_dir.name}")
-    job_tags = {"signature": run_dir.name, "stage": stage, **(tags or {})}
+    ex = make_executor(executor, run.submitit / attempt)
+    ex.update_parameters(name=f"{stage}-{run.signature}")
+    job_tags = {"signature": run.signature, "stage": stage, **(tags or {})}
     if parent:
         job_tags["parent"] = parent
-    job = StageJob(stage, cfg.model_dump(mode="json"), str(run_dir), str(run_dir.parent.parent), parent,
-                   job_tags, executor.cpus_per_task, stop_after)
+    job = StageJob(stage, cfg.model_dump(mode="json"), str(results.root), run.signature, parent, job_tags,
+                   tracking_uri, executor.cpus_per_task)
     return ex.submit(job)
 
 
@@ -136,14 +113,14 @@ LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "CONFIGUR
                      "RESIZING", "SUSPENDED"}
 
 
-def live_slurm_job(run_dir: Path):
+def live_slurm_job(run: RunFolder):
     """The Slurm job a previous launcher submitted for this run and that still lives, if any.
 
     When Snakemake (or the login node) dies, Slurm jobs go on; asking for the run again waits
     for that job instead of starting a second one on the same run folder. squeue is asked, not
     accounting: a job submitted a moment ago may not be in sacct yet.
     """
-    record = Path(run_dir) / "job.json"
+    record = run.job
     if not record.exists():
         return None
     info = json.loads(record.read_text())
@@ -162,27 +139,30 @@ def live_slurm_job(run_dir: Path):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", required=True, choices=["pretrain", "linprobe", "finetune"])
-    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--stage", required=True, choices=STAGES)
+    ap.add_argument("--results", required=True, type=Path, help="the results folder")
     ap.add_argument("--config", required=True, help="resolved RunConfig as JSON")
     ap.add_argument("--parent", default=None, help="signature of the pre-training run (evaluation stages)")
     ap.add_argument("--executor", default="{}", help="executor settings as JSON")
+    ap.add_argument("--tracking-uri", required=True, help="the MLflow store every job logs to")
     ap.add_argument("--tags", default="{}", help="MLflow tags as JSON")
     args = ap.parse_args(argv)
-    cfg = RunConfig.model_validate_json(args.config)
+    cfg = methods.check(RunConfig.model_validate_json(args.config))
     executor = ExecutorConfig.model_validate_json(args.executor)
-    done = args.run_dir / f"{args.stage}.json"
+    results = Results(args.results)
+    run = results.run(methods.signature(cfg, args.stage))
+    done = run.result(args.stage)
     if done.exists():  # finished meanwhile (e.g. by a job that outlived an earlier launcher)
-        print(f"[harness] {args.stage} {args.run_dir.name} already done: {json.loads(done.read_text())['metrics']}")
+        print(f"[harness] {args.stage} {run.signature} already done: {json.loads(done.read_text())['metrics']}")
         return 0
-    job = live_slurm_job(args.run_dir) if executor.kind == "slurm" else None
+    job = live_slurm_job(run) if executor.kind == "slurm" else None
     if job is not None:
-        print(f"[harness] {args.stage} {args.run_dir.name}: job {job.job_id} still runs; waiting for it", flush=True)
+        print(f"[harness] {args.stage} {run.signature}: job {job.job_id} still runs; waiting for it", flush=True)
     else:
-        job = submit(args.stage, cfg, args.run_dir, executor, parent=args.parent, tags=json.loads(args.tags))
-        (args.run_dir / "job.json").write_text(json.dumps(
-            {"cluster": executor.kind, "job_id": job.job_id, "folder": str(job.paths.folder)}))
-        print(f"[harness] {args.stage} {args.run_dir.name}: submitted job {job.job_id} "
+        job = submit(args.stage, cfg, results, executor, tracking_uri=args.tracking_uri, parent=args.parent,
+                     tags=json.loads(args.tags))
+        run.job.write_text(json.dumps({"cluster": executor.kind, "job_id": job.job_id, "folder": str(job.paths.folder)}))
+        print(f"[harness] {args.stage} {run.signature}: submitted job {job.job_id} "
               f"(logs: {job.paths.stdout})", flush=True)
     if executor.kind == "local":  # a stopped workflow stops its local jobs (Slurm jobs go on)
         def stop(signum, _frame):
@@ -194,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = job.results()[0]  # rank 0's (one result per task)
     except Exception as err:  # the job's own traceback is in its submitit logs
-        print(f"[harness] {args.stage} {args.run_dir.name} FAILED: {err}\n"
+        print(f"[harness] {args.stage} {run.signature} FAILED: {err}\n"
               f"[harness] logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)
         return 1
-    print(f"[harness] {args.stage} {args.run_dir.name} done: {metrics}", flush=True)
+    print(f"[harness] {args.stage} {run.signature} done: {metrics}", flush=True)
     return 0
 
 

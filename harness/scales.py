@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.config import deep_merge
+from harness.core.config import deep_merge
 
 SCALES = ("tiny", "smoke", "paper")
 RECIPES = ("cifar", "lowdata", "imagenet100", "imagenet1k")

@@ -17,13 +17,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import RunConfig, deep_merge, dotted_to_nested, signature
+from harness.core.config import RunConfig, deep_merge, dotted_to_nested
+from harness.core.metrics import TABLE_METRIC_STAGE
+from harness.science import methods
 from harness.scales import SCALES, preset
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = ROOT / "studies"
-METRIC_STAGE = {"lin": "linprobe", "ft": "finetune"}
-METRIC_NAMES = {"lin": "LIN", "ft": "FT"}
 
 
 class ConfigError(ValueError):
@@ -80,12 +80,12 @@ class Cell:
         return f"{self.dataset}: {self.setting}"
 
     def signature(self, stage: str) -> str:
-        return signature(self.config, stage)
+        return methods.signature(self.config, stage)
 
     def stages(self, metrics: list[str]) -> list[str]:
         """The stage runs this cell needs for the given table metrics."""
-        wanted = {METRIC_STAGE[m] for m in metrics}
-        own = self.config.stages()
+        wanted = {TABLE_METRIC_STAGE[m] for m in metrics}
+        own = methods.spec(self.config.method).stages
         evals = [s for s in own if s in wanted]
         return (["pretrain"] if "pretrain" in own and evals else []) + evals
 
@@ -147,9 +147,12 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) ->
                 raw = deep_merge(raw, patch)
             for seed in study.seeds:
                 try:
-                    config = RunConfig.model_validate(deep_merge(deep_merge(raw, {"seed": seed}), overrides or {}))
+                    config = methods.check(RunConfig.model_validate(
+                        deep_merge(deep_merge(raw, {"seed": seed}), overrides or {})))
                 except ValidationError as err:
                     raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {one_line(err)}") from None
+                except ValueError as err:
+                    raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {err}") from None
                 cells.append(Cell(study.name, dataset, setting, seed, config))
     return cells
 

@@ -15,24 +15,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.config import RunConfig
-from harness.studies import METRIC_NAMES, METRIC_STAGE, ROOT, Study, expand, load_study
-from harness.tracking import client, experiment_id
+from harness.core import metrics as names
+from harness.core.config import RunConfig
+from harness.core.layout import Results
+from harness.studies import ROOT, Study, expand, load_study
+from harness.tracking import Store
 
 MISSING = "—"
 
 
-def finished_runs(results_dir: Path) -> pd.DataFrame:
+def finished_runs(store: Store) -> pd.DataFrame:
     """signature, stage, value (final test top-1) of every FINISHED evaluation run."""
-    c = client(results_dir)
+    c = store.client()
     rows, token = [], None
-    exp = experiment_id(results_dir)
+    exp = store.experiment_id()
+    key = names.final(names.acc1("test"))
     while True:
         page = c.search_runs([exp], "attributes.status = 'FINISHED'", max_results=1000, page_token=token)
         for r in page:
-            if "final_test_acc1" in r.data.metrics:
+            if key in r.data.metrics:
                 rows.append({"signature": r.data.tags.get("signature"), "stage": r.data.tags.get("stage"),
-                             "value": r.data.metrics["final_test_acc1"]})
+                             "value": r.data.metrics[key]})
         token = page.token
         if not token:
             break
@@ -47,11 +50,11 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame) -> pd
     for dataset, setting in dict.fromkeys((c.dataset, c.setting) for c in cells):
         seeds = [c for c in cells if (c.dataset, c.setting) == (dataset, setting)]
         for metric in study.metrics:
-            stage = METRIC_STAGE[metric]
+            stage = names.TABLE_METRIC_STAGE[metric]
             runnable = [c for c in seeds if stage in c.stages(study.metrics)]
             sigs = [c.signature(stage) for c in runnable]
             values = [by_sig[s] for s in sigs if s in by_sig]
-            rows.append({"table": study.table, "dataset": dataset, "setting": setting, "metric": METRIC_NAMES[metric],
+            rows.append({"table": study.table, "dataset": dataset, "setting": setting, "metric": names.TABLE_METRIC_NAME[metric],
                          "ours": pd.Series(values).mean() if values else None,
                          "std": pd.Series(values).std() if len(values) > 1 else None,
                          "n": len(values), "seeds": len(runnable),
@@ -62,7 +65,7 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame) -> pd
         for setting, numbers in settings.items():
             for metric in study.metrics:
                 rows.append({"table": study.table, "dataset": dataset, "setting": f"{setting} (reported)",
-                             "metric": METRIC_NAMES[metric], "ours": None, "std": None, "n": 0, "seeds": 0,
+                             "metric": names.TABLE_METRIC_NAME[metric], "ours": None, "std": None, "n": 0, "seeds": 0,
                              "paper": numbers.get(metric), "source": "reported by others, not run",
                              "signatures": "", "scale": scale})
     return pd.DataFrame(rows)
@@ -119,12 +122,12 @@ def caption(study: Study, scale: str, cfgs: list[RunConfig]) -> str:
     return text
 
 
-def render(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+def render(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, results: Results) -> dict[str, Path]:
     long = collect(study, scale, overrides, runs)
     frame = wide(study, long)
     cap = caption(study, scale, [cell.config for cell in expand(study, scale, overrides)])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_dir / f"{study.name}.{ext}" for ext in ("md", "tex", "csv")}
+    results.tables.mkdir(parents=True, exist_ok=True)
+    paths = {ext: results.table(study.name, ext) for ext in ("md", "tex", "csv")}
     md = frame.copy()
     md.columns = [" ".join(str(part) for part in col[:-1]) + f" ({col[-1]})" for col in md.columns]
     paths["md"].write_text(f"{cap}\n\n{md.to_markdown()}\n")
@@ -142,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", required=True)
     ap.add_argument("--overrides", default="{}", help="config overrides as JSON (nested sections)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the results' sqlite store")
     args = ap.parse_args(argv)
     study = load_study(args.study)
-    paths = render(study, args.scale, json.loads(args.overrides), finished_runs(args.results),
-                   args.results / "tables")
+    results = Results(args.results)
+    paths = render(study, args.scale, json.loads(args.overrides), finished_runs(Store.of(results, args.tracking_uri)),
+                   results)
     print(paths["md"].read_text())
     print(f"[harness] table written: {', '.join(str(p) for p in paths.values())}")
     return 0

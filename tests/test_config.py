@@ -1,9 +1,14 @@
 """Configs, signatures, studies and the plan; bad input is refused with one clear line."""
 import pytest
 
-from harness.config import RunConfig, dotted_to_nested, signature
+import torch
+
+from harness.core.config import RunConfig, dotted_to_nested
+from harness.science.methods import signature
 from harness.studies import ConfigError, expand, load_study, plan
-from harness.workflow import Plan
+from harness.workflow import Plan, studies_for
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
 
 def cells(scale="tiny", **dotted):
@@ -60,12 +65,37 @@ def test_plan_dedups_same_config():
     ({"pretrain.epochz": 2}, "pretrain.epochz: Extra inputs are not permitted"),
     ({"model.num_heads": 3}, "embed_dim=32 is not divisible by model.num_heads=3"),
     ({"pretrain.epochs": 0}, "pretrain.epochs: Input should be greater than 0"),
+    ({"segments.order": "spiral"}, "segments.order: Input should be 'random' or 'raster'"),
+    ({"method": "byol"}, "unknown method 'byol'; methods are randsac, mae, dino, supervised"),
 ])
 def test_bad_overrides_are_one_clear_line(overrides, message):
     with pytest.raises(ConfigError) as err:
         cells(**overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert str(err.value).startswith("study table3, cell cifar10: square M=")
+
+
+@pytest.mark.parametrize("study,overrides,message", [
+    ("table5", {"segments.count": 65}, "K=65 is larger than the 64 tokens"),
+    ("table6", {"segments.hierarchy": [32]}, "32 partitions of 4 units"),
+])
+def test_bad_segments_of_other_tables(study, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(load_study(study), "tiny", dotted_to_nested(overrides))
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ConfigError, match="unknown target 'table99'; targets are all, table1"):
+        studies_for(["table99"])
+    assert studies_for(["table3", "table6"]) == ["table3", "table6"] and studies_for(["all"]) is None
+
+
+@NO_GPU
+def test_a_gpu_asked_of_a_machine_without_one_is_refused():
+    with pytest.raises(ConfigError, match="a GPU is asked for"):
+        Plan.from_snakemake_config({"scale": "tiny", "device": "cuda"}, ["table3"])
+    with pytest.raises(ConfigError, match="but this machine has no CUDA device"):
+        Plan.from_snakemake_config({"scale": "tiny", "executor": {"gpus_per_node": 1}}, ["table3"])
 
 
 def test_unknown_study_scale_and_key():
@@ -78,7 +108,7 @@ def test_unknown_study_scale_and_key():
 
 
 def test_missing_dataset_is_refused_before_submission(tmp_path):
-    with pytest.raises(ConfigError, match="cifar10.*python -m harness.data fetch cifar10"):
+    with pytest.raises(ConfigError, match="cifar10.*python -m harness.fetch cifar10"):
         Plan.from_snakemake_config({"scale": "paper", "data": {"root": str(tmp_path / "nowhere")}})
 
 

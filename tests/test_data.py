@@ -1,4 +1,4 @@
-"""harness.data: the mnist5k split, CIFAR loading and integrity checks, augmentations, fetch CLI."""
+"""Data: the mnist5k split, CIFAR and ImageNet loading and integrity checks, augmentations, fetch CLI."""
 from __future__ import annotations
 
 import functools
@@ -15,8 +15,11 @@ import torch
 from PIL import Image
 from torchvision.datasets import cifar as tv_cifar
 
-from harness import data
-from harness.data import DataError, build_dataset, check_data, dataset_info
+from harness import fetch
+from harness.core.catalog import DATASETS, IMAGENET100_CLASSES, DataError, DatasetInfo, dataset_info
+from harness.science import transforms
+from harness.stages import data
+from harness.stages.data import build_dataset, check_data
 
 try:
     from cifar_tree import LAYOUT, cifar_checksums, write_cifar_tree
@@ -116,8 +119,7 @@ def test_unknown_dataset_lists_known_names():
         dataset_info("imagenet")
     with pytest.raises(ValueError):
         check_data("imagenet", None)
-    assert data.DATASETS == ("mnist5k", "cifar10", "cifar100", "imagenet100", "imagenet1k")
-    assert [dataset_info(n).name for n in data.DATASETS] == list(data.DATASETS)
+    assert [dataset_info(n).name for n in DATASETS] == list(DATASETS)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -159,7 +161,7 @@ def test_cifar_build_dataset_reads_the_tree_exactly(cifar):
 def test_cifar_build_dataset_applies_the_transform(cifar):
     name, root, _ = cifar
     info = dataset_info(name)
-    x, _ = build_dataset(name, root, train=True, transform=data.eval_transform(info, 32))[0]
+    x, _ = build_dataset(name, root, train=True, transform=transforms.eval_transform(info, 32))[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
 
 
@@ -178,7 +180,7 @@ def test_cifar_one_changed_byte_is_a_data_error(cifar):
         check_data(name, root)
     msg = str(err.value)
     assert name in msg and os.path.basename(path) in msg and "md5" in msg
-    assert f"python -m harness.data fetch {name} --root {root}" in msg
+    assert f"python -m harness.fetch {name} --root {root}" in msg
     with pytest.raises(DataError):
         build_dataset(name, root, train=False)
 
@@ -205,7 +207,7 @@ def test_cifar_missing_root_names_path_and_fetch_command(name, tmp_path):
         build_dataset(name, root, train=True)
     msg = str(err.value)
     assert os.path.join(root, LAYOUT[name][0]) in msg
-    assert f"python -m harness.data fetch {name} --root {root}" in msg and "network" in msg
+    assert f"python -m harness.fetch {name} --root {root}" in msg and "network" in msg
     with pytest.raises(DataError, match="needs a data root"):
         check_data(name, None)
 
@@ -223,13 +225,13 @@ def test_fetch_offline_fails_cleanly(tmp_path, monkeypatch, capsys):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
-    assert data.main(["fetch", "cifar10", "--root", str(tmp_path)]) == 1
+    assert fetch.main(["cifar10", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "cifar10" in err and "network" in err and "Traceback" not in err
 
 
 def test_fetch_mnist5k_is_a_no_op_from_the_command_line():
-    out = subprocess.run([sys.executable, "-m", "harness.data", "fetch", "mnist5k", "--root", "/nonexistent"],
+    out = subprocess.run([sys.executable, "-m", "harness.fetch", "mnist5k", "--root", "/nonexistent"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "embedded" in out.stdout
 
@@ -249,11 +251,11 @@ def _image(name: str) -> Image.Image:
 def test_transform_shapes(name, size, kind):
     info = dataset_info(name)
     make = {
-        "pretrain": lambda: data.pretrain_transform(info, size),
-        "eval": lambda: data.eval_transform(info, size),
-        "probe": lambda: data.probe_transform(info, size),
-        "finetune": lambda: data.finetune_transform(info, size, None),
-        "finetune-ra": lambda: data.finetune_transform(info, size, "rand-m9-mstd0.5-inc1"),
+        "pretrain": lambda: transforms.pretrain_transform(info, size),
+        "eval": lambda: transforms.eval_transform(info, size),
+        "probe": lambda: transforms.probe_transform(info, size),
+        "finetune": lambda: transforms.finetune_transform(info, size, None),
+        "finetune-ra": lambda: transforms.finetune_transform(info, size, "rand-m9-mstd0.5-inc1"),
     }[kind]()
     for _ in range(20):
         x = make(_image(name))
@@ -265,23 +267,23 @@ def test_eval_transform_is_plain_normalization_at_native_size():
     img = _image("cifar10")
     expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255.0 - torch.tensor(info.mean)[:, None, None]) \
         / torch.tensor(info.std)[:, None, None]
-    torch.testing.assert_close(data.eval_transform(info, 32)(img), expected)
+    torch.testing.assert_close(transforms.eval_transform(info, 32)(img), expected)
 
 
 def test_finetune_transform_has_no_colour_jitter_or_erasing():
     info = dataset_info("cifar10")
     for aa in (None, "rand-m9-mstd0.5-inc1"):
-        names = [type(t).__name__ for t in data.finetune_transform(info, 32, aa).transforms]
+        names = [type(t).__name__ for t in transforms.finetune_transform(info, 32, aa).transforms]
         assert "ColorJitter" not in names and "RandomErasing" not in names
 
 
 def test_finetune_randaugment_on_1_channel_matches_the_rgb_path():
     """timm's ops on an "L" image equal channel 0 of the same ops on its gray RGB copy."""
     gray = dataset_info("mnist5k")
-    rgb = data.DatasetInfo("gray-rgb", 3, 32, 10, gray.mean * 3, gray.std * 3, 0, 0)
+    rgb = DatasetInfo("gray-rgb", 3, 32, 10, gray.mean * 3, gray.std * 3, 0, 0)
     img = Image.fromarray(data.MNIST5k(True).data[0])
-    t1 = data.finetune_transform(gray, 32, "rand-m9-mstd0.5-inc1")
-    t3 = data.finetune_transform(rgb, 32, "rand-m9-mstd0.5-inc1")
+    t1 = transforms.finetune_transform(gray, 32, "rand-m9-mstd0.5-inc1")
+    t3 = transforms.finetune_transform(rgb, 32, "rand-m9-mstd0.5-inc1")
     for seed in range(100):
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         a = t1(img)
@@ -293,7 +295,7 @@ def test_finetune_randaugment_on_1_channel_matches_the_rgb_path():
 @pytest.mark.parametrize("name", ["mnist5k", "cifar10"])
 def test_finetune_posterize_to_0_bits_gives_black_not_an_error(name):
     """Magnitude noise can make timm keep 0 bits: Pillow 12 (pinned) gives black, Pillow 13 raises."""
-    t = data.finetune_transform(dataset_info(name), 32, "rand-m9-mstd0.5-inc1")
+    t = transforms.finetune_transform(dataset_info(name), 32, "rand-m9-mstd0.5-inc1")
     randaug = next(x for x in t.transforms if hasattr(x, "ops"))
     op = next(o for o in randaug.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # level 10 -> keep 0 bits
@@ -317,20 +319,20 @@ def _imagenet_tree(root, classes, per_class=2, size=40):
 
 
 def test_imagenet100_is_the_cmc_subset_of_an_imagenet_folder(tmp_path):
-    assert len(data.IMAGENET100_CLASSES) == 100 == len(set(data.IMAGENET100_CLASSES))
-    _imagenet_tree(tmp_path, [*data.IMAGENET100_CLASSES, "n01440764"])  # one class outside the subset
+    assert len(IMAGENET100_CLASSES) == 100 == len(set(IMAGENET100_CLASSES))
+    _imagenet_tree(tmp_path, [*IMAGENET100_CLASSES, "n01440764"])  # one class outside the subset
     check_data("imagenet100", str(tmp_path))
     train = build_dataset("imagenet100", str(tmp_path), train=True)
     val = build_dataset("imagenet100", str(tmp_path), train=False,
-                        transform=data.eval_transform(dataset_info("imagenet100"), 32))
+                        transform=transforms.eval_transform(dataset_info("imagenet100"), 32))
     assert len(train.classes) == 100 and "n01440764" not in train.classes and len(train) == 200
-    assert train.classes == sorted(data.IMAGENET100_CLASSES)
+    assert train.classes == sorted(IMAGENET100_CLASSES)
     img, label = val[0]
     assert img.shape == (3, 32, 32) and label == 0  # resize 256/224 then center crop
 
 
 def test_imagenet_missing_classes_or_folders_are_clear_errors(tmp_path):
-    _imagenet_tree(tmp_path, data.IMAGENET100_CLASSES[:10])
+    _imagenet_tree(tmp_path, IMAGENET100_CLASSES[:10])
     with pytest.raises(DataError, match="lacks 90 of the ImageNet-100 classes"):
         check_data("imagenet100", str(tmp_path))
     with pytest.raises(DataError, match="has 10 class folders, ImageNet-1K has 1000"):

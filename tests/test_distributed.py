@@ -2,10 +2,14 @@
 import pytest
 import torch
 
-from harness.config import dotted_to_nested
+from harness.core.config import OptimConfig, dotted_to_nested
+from harness.core.layout import Results
 from harness.launch import ExecutorConfig, submit
+from harness.stages import engine
+from harness.stages.context import StageContext
+from harness.stages.distributed import Dist
 from harness.studies import expand, load_study
-from harness.tracking import client
+from harness.tracking import Store
 
 EPOCHS = 4
 # Two processes draw other random crops and serializations than one process does, so their
@@ -19,15 +23,15 @@ def cell(seed=0):
         {"pretrain.epochs": EPOCHS, "data.train_subset": 512, "seed": seed}))[1]
 
 
-def losses(results, sig):
-    c = client(results)
-    run = c.get_run((results / "runs" / sig / "mlflow_run_id").read_text())
+def losses(results: Results, sig):
+    c = Store.of(results).client()
+    run = c.get_run(results.run(sig).mlflow_run_id.read_text())
     return [m.value for m in sorted(c.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)], run
 
 
-def run_pretrain(results, executor: ExecutorConfig, seed=0):
-    c = cell(seed)
-    job = submit("pretrain", c.config, results / "runs" / c.signature("pretrain"), executor)
+def run_pretrain(root, executor: ExecutorConfig, seed=0):
+    c, results = cell(seed), Results(root)
+    job = submit("pretrain", c.config, results, executor, tracking_uri=Store.of(results).uri)
     assert len(job.results()) == executor.tasks_per_node * executor.nodes
     return losses(results, c.signature("pretrain"))
 
@@ -54,12 +58,16 @@ def test_two_local_processes_match_one_with_the_same_global_batch(tmp_path, monk
     compare(tmp_path, "local")
 
 
-def test_batch_must_split_over_the_processes(tmp_path):
-    from harness import engine
-    from harness.config import OptimConfig
-    from harness.distributed import Dist
+@pytest.mark.slurm
+def test_two_task_slurm_job_matches_one_process(tmp_path, monkeypatch, slurm):
+    """A 2-task CPU job (gloo) through Slurm: same loss trajectory as one process, same global batch."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    compare(tmp_path, "slurm", partition="cpu", mem_gb=2, timeout_min=20)
 
+
+def test_batch_must_split_over_the_processes(tmp_path, tiny_cfg):
+    ctx = StageContext(tiny_cfg(), Results(tmp_path).run("x"), dist=Dist(0, 2))
+    task = engine.Task(train_set=[], opt=OptimConfig(epochs=1, batch_size=63, base_lr=1.0), module=None,
+                       optimizer=None, schedule=None, loss=None, saved={})
     with pytest.raises(ValueError, match="batch_size 63 does not split over 2 processes"):
-        engine.fit(train_set=[], opt_cfg=OptimConfig(epochs=1, batch_size=63, base_lr=1.0), seed=0, num_workers=0,
-                   device=torch.device("cpu"), module=None, loss_fn=None, optimizer=None, schedule=None,
-                   checkpoint=None, saved={}, tracker=None, dist=Dist(0, 2))
+        engine.fit(ctx, task)

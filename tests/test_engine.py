@@ -1,93 +1,47 @@
 """Training loop contracts: determinism, exact resume, atomic checkpoints, schedule, NaN stop."""
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
-from harness import engine, finetune, linprobe, pretrain
-from harness.config import OptimConfig, dotted_to_nested
-from harness.studies import expand, load_study
+from harness.core.config import OptimConfig
+from harness.stages import engine
+from harness.stages.checkpoint import atomic_save
 
 
-class Recorder:
-    run_id = "test"
-
-    def __init__(self):
-        self.logged = []
-
-    def log(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-
-def tiny_cfg(**dotted):
-    return expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 3, **dotted}))[1].config
-
-
-def test_same_config_and_seed_give_the_same_loss_curve(tmp_path):
+def test_same_config_and_seed_give_the_same_loss_curve(tmp_path, tiny_cfg, recorder, run_stage_here):
     cfg = tiny_cfg()
-    a, b = Recorder(), Recorder()
-    pretrain.run(cfg, tmp_path / "a", a)
-    pretrain.run(cfg, tmp_path / "b", b)
+    a, b = recorder(), recorder()
+    run_stage_here("pretrain", cfg, tmp_path / "a", a)
+    run_stage_here("pretrain", cfg, tmp_path / "b", b)
     assert a.logged == b.logged and len(a.logged) == 3
-    other = Recorder()
-    pretrain.run(tiny_cfg(seed=1), tmp_path / "c", other)
+    other = recorder()
+    run_stage_here("pretrain", tiny_cfg(seed=1), tmp_path / "c", other)
     assert other.logged != a.logged
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "linprobe", "finetune"])
-def test_resume_continues_exactly(tmp_path, stage):
+def test_resume_continues_exactly(tmp_path, stage, tiny_cfg, recorder, run_stage_here, stop_after):
     cfg = tiny_cfg(**{"linprobe.epochs": 3, "finetune.epochs": 3})
-    module = {"pretrain": pretrain, "linprobe": linprobe, "finetune": finetune}[stage]
     parent = None
     if stage != "pretrain":
         parent = tmp_path / "parent"
-        pretrain.run(cfg, parent, Recorder())
-    straight = Recorder()
-    final = module.run(cfg, tmp_path / "straight", straight, parent_dir=parent)
-    interrupted = Recorder()
-    with pytest.raises(engine.Interrupted):
-        module.run(cfg, tmp_path / "resumed", interrupted, parent_dir=parent, stop_after=1)
-    resumed_final = module.run(cfg, tmp_path / "resumed", interrupted, parent_dir=parent)
+        run_stage_here("pretrain", cfg, parent)
+    straight = recorder()
+    final = run_stage_here(stage, cfg, tmp_path / "straight", straight, parent)
+    interrupted = recorder()
+    with pytest.raises(stop_after.Stop):
+        run_stage_here(stage, cfg, tmp_path / "resumed", interrupted, parent,
+                       checkpoint=stop_after(tmp_path / "resumed" / "checkpoint.pt", 1))
+    resumed_final = run_stage_here(stage, cfg, tmp_path / "resumed", interrupted, parent)
     epochs = [(s, m) for s, m in interrupted.logged if "resumed_at_epoch" not in m]
     assert epochs == straight.logged  # same metrics, epoch by epoch, bit for bit
     assert (1, {"resumed_at_epoch": 1}) in interrupted.logged  # it continued, it did not restart
     assert resumed_final == final
 
 
-def test_checkpoint_write_killed_midway_keeps_last_good(tmp_path):
-    """SIGKILL while a checkpoint is being written never destroys the previous one."""
-    path = tmp_path / "checkpoint.pt"
-    engine.atomic_save({"epoch": 1}, path)
-    script = textwrap.dedent(f"""
-        import torch, sys
-        from harness import engine
-        big = {{"epoch": 2, "w": torch.randn(64, 1024, 1024)}}  # 256 MB: the write takes a while
-        print("writing", flush=True)
-        engine.atomic_save(big, __import__("pathlib").Path({str(path)!r}))
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    # kill as soon as the temporary file has grown (the write is in progress)
-    def writing():
-        try:
-            return any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in tmp_path.iterdir())
-        except FileNotFoundError:  # renamed meanwhile
-            return False
-
-    while not writing():
-        assert proc.poll() is None, "the writer finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert torch.load(path, weights_only=False) == {"epoch": 1}  # the last good checkpoint, intact
-
-
 def test_failed_write_leaves_no_temp_and_old_file(tmp_path, monkeypatch):
+    """A checkpoint write that fails midway (disk full, a kill) keeps the last good checkpoint."""
     path = tmp_path / "checkpoint.pt"
-    engine.atomic_save({"epoch": 1}, path)
+    atomic_save({"epoch": 1}, path)
 
     def boom(obj, f):
         f.write(b"partial")
@@ -95,7 +49,7 @@ def test_failed_write_leaves_no_temp_and_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        engine.atomic_save({"epoch": 2}, path)
+        atomic_save({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -122,8 +76,8 @@ def test_lr_scales_with_batch():
     assert OptimConfig(epochs=1, batch_size=512, base_lr=1e-3).lr == pytest.approx(2e-3)
 
 
-def test_nan_loss_stops_the_stage(tmp_path):
+def test_nan_loss_stops_the_stage(tmp_path, tiny_cfg, run_stage_here):
     cfg = tiny_cfg(**{"pretrain.base_lr": 1e30, "pretrain.warmup_epochs": 0})
     with pytest.raises(engine.NonFiniteLoss, match="loss is (nan|inf) at epoch 0"):
-        pretrain.run(cfg, tmp_path / "nan", Recorder())
-    assert not (tmp_path / "nan" / pretrain.ENCODER_FILE).exists()
+        run_stage_here("pretrain", cfg, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "encoder.pt").exists()

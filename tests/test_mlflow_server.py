@@ -10,8 +10,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from test_workflow import snakemake
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -44,7 +42,7 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=60)
 
 
-def test_tiny_table_against_a_tracking_server(tmp_path, mlflow_server):
+def test_tiny_table_against_a_tracking_server(tmp_path, mlflow_server, snakemake):
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", f"tracking_uri={mlflow_server}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing went to the local sqlite store

@@ -2,12 +2,11 @@
 import pytest
 import torch
 
-from harness import masks
-from harness.config import ModelConfig
-from harness.model import (Classifier, Encoder, LinearProbe, RandSAC, normalized_pixel_loss, patchify,
-                           sincos_pos_embed, unpatchify)
-from harness.config import SegmentConfig
-from harness.segments import Serializer
+from harness.core.config import ModelConfig, SegmentConfig
+from harness.science import masks
+from harness.science.model import (Classifier, Encoder, LinearProbe, RandSAC, normalized_pixel_loss, patchify,
+                                   randsac, sincos_pos_embed, unpatchify)
+from harness.science.segments import Serializer
 
 CFG = ModelConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_depth=2, decoder_num_heads=2)
 
@@ -77,7 +76,7 @@ CASES = [(a, s) for a in ARCHITECTURES for s in SEGMENTATIONS if a == "masked" o
 def test_autoregressive_contract(architecture, segmentation):
     """Perturbing segment s_k changes no prediction of s_1..s_k, changes s_(k+1); s_S changes nothing."""
     torch.manual_seed(0)
-    model = RandSAC(CFG.model_copy(update={"architecture": architecture}), 32, 3).eval()
+    model = randsac(CFG.model_copy(update={"architecture": architecture}), 32, 3).eval()
     if architecture == "skip":  # a trained mixing, not the one-hot start: every encoder layer feeds the decoder
         torch.nn.init.uniform_(model.skip, 0.2, 1.0)
     ranks = Serializer(SEGMENTATIONS[segmentation], 8)(1, torch.Generator().manual_seed(3))
@@ -151,7 +150,7 @@ def test_sincos_pos_embed():
 
 def test_skip_connections_start_as_the_masked_transformer():
     torch.manual_seed(0)
-    skip = RandSAC(CFG.model_copy(update={"architecture": "skip"}), 32, 3)
+    skip = randsac(CFG.model_copy(update={"architecture": "skip"}), 32, 3)
     assert skip.skip.shape == (CFG.decoder_depth, CFG.depth)
     assert skip.skip[:, -1].eq(1).all() and skip.skip[:, :-1].eq(0).all()
     masked = RandSAC(CFG, 32, 3)
@@ -163,7 +162,7 @@ def test_skip_connections_start_as_the_masked_transformer():
 
 
 def test_two_stream_shares_the_encoder_weights():
-    model = RandSAC(CFG.model_copy(update={"architecture": "two_stream"}), 32, 3)
+    model = randsac(CFG.model_copy(update={"architecture": "two_stream"}), 32, 3)
     assert not hasattr(model, "decoder")
     extra = {n for n, _ in model.named_parameters() if not n.startswith("encoder.")}
     assert extra == {"query_token", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight",

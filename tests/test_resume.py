@@ -8,34 +8,36 @@ import time
 
 import torch
 
-from harness import pretrain
-from harness.config import dotted_to_nested
+from harness.core.config import dotted_to_nested
 from harness.studies import expand, load_study
-from test_engine import Recorder
 
 EPOCHS = 4
 OVERRIDES = {"pretrain.epochs": EPOCHS, "data.train_subset": 1024}  # epochs of about a second
 CHILD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from harness import engine, pretrain
-    from harness.config import dotted_to_nested
+    from harness.core.config import dotted_to_nested
+    from harness.core.layout import RunFolder
+    from harness.stages import checkpoint, engine, pretrain
+    from harness.stages.context import StageContext
     from harness.studies import expand, load_study
     engine.set_threads(2)
     if os.environ.get("SLOW_CHECKPOINT_RENAME"):  # widen the window between write and rename,
-        real_replace, calls = engine.os.replace, []    # from the second checkpoint on
+        real_replace, calls = checkpoint.os.replace, []  # from the second checkpoint on
         def slow_replace(a, b):
             calls.append(b)
             if len(calls) > 1:
                 print("renaming", flush=True)
                 time.sleep(float(os.environ["SLOW_CHECKPOINT_RENAME"]))
             real_replace(a, b)
-        engine.os.replace = slow_replace
+        checkpoint.os.replace = slow_replace
     class Quiet:
         def log(self, metrics, step):
             print("epoch", step, flush=True)
+        def log_artifact(self, path):
+            pass
     cfg = expand(load_study("table3"), "tiny", dotted_to_nested(%r))[1].config
-    print("final", pretrain.run(cfg, Path(sys.argv[1]), Quiet()), flush=True)
+    print("final", pretrain.run(StageContext(cfg, RunFolder(Path(sys.argv[1])), Quiet())), flush=True)
 """ % OVERRIDES)
 
 
@@ -44,10 +46,10 @@ def child(run_dir, **env):
                             env={**os.environ, **env})
 
 
-def straight_history(tmp_path):
+def straight_history(tmp_path, recorder, run_stage_here):
     cfg = expand(load_study("table3"), "tiny", dotted_to_nested(OVERRIDES))[1].config
-    rec = Recorder()
-    final = pretrain.run(cfg, tmp_path / "straight", rec)
+    rec = recorder()
+    final = run_stage_here("pretrain", cfg, tmp_path / "straight", rec)
     return [m for _, m in rec.logged], final
 
 
@@ -55,7 +57,7 @@ def history(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, recorder, run_stage_here):
     proc = child(tmp_path / "run")
     while proc.stdout.readline().strip() != "epoch 1":  # epoch 0 and 1 logged; epoch 2 under way
         assert proc.poll() is None
@@ -66,12 +68,12 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     again = child(tmp_path / "run")
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "final" in out
-    expected, final = straight_history(tmp_path)
+    expected, final = straight_history(tmp_path, recorder, run_stage_here)
     assert history(tmp_path / "run") == expected  # every epoch's loss and lr, bit for bit
     assert f"final {final}" in out
 
 
-def test_sigkill_while_writing_a_checkpoint_then_resume_is_exact(tmp_path):
+def test_sigkill_while_writing_a_checkpoint_then_resume_is_exact(tmp_path, recorder, run_stage_here):
     proc = child(tmp_path / "run", SLOW_CHECKPOINT_RENAME="30")
     run_dir = tmp_path / "run"
     while proc.stdout.readline().strip() != "renaming":  # epoch 2's checkpoint is written, not renamed
@@ -83,5 +85,5 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_is_exact(tmp_path):
     again = child(run_dir)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0
-    expected, final = straight_history(tmp_path)
+    expected, final = straight_history(tmp_path, recorder, run_stage_here)
     assert history(run_dir) == expected and f"final {final}" in out

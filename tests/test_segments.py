@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from harness.config import SegmentConfig
-from harness.segments import (Segmentation, Serializer, blob_segments, sample, serialize, square_segments,
+from harness.core.config import SegmentConfig
+from harness.science.segments import (Segmentation, Serializer, blob_segments, sample, serialize, square_segments,
                               token_positions)
 
 G = torch.Generator

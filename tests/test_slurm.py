@@ -2,41 +2,24 @@
 
 Skipped with a reason when no cluster answers; under CI (CI=true) a missing cluster fails.
 """
-import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
-from harness import pretrain
-from harness.config import dotted_to_nested
+from harness.core.config import dotted_to_nested
+from harness.core.layout import Results
 from harness.launch import ExecutorConfig, submit
 from harness.studies import expand, load_study
-from harness.tracking import client
-from test_engine import Recorder
-from test_workflow import job_counts, snakemake
+from harness.tracking import Store
 
-
-def cluster_state() -> str | None:
-    if shutil.which("sinfo") is None:
-        return "Slurm's sinfo is not installed (bash cluster/install.sh)"
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout:
-        return f"no idle Slurm node answers ({(out.stderr or out.stdout).strip()}); start: bash cluster/start.sh"
-    return None
-
-
-reason = cluster_state()
-if reason and os.environ.get("CI"):
-    raise RuntimeError(f"CI needs the Slurm cluster: {reason}")
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
 # the profile's partition and fake GPU, sized for this 2-core machine
 SMALL = "executor={cpus_per_task: 1, mem_gb: 2, timeout_min: 20}"
 
 
-def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch):
+def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch, snakemake, job_counts):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dry = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", SMALL, profile="slurm")
     assert dry.returncode == 0, dry.stderr
@@ -47,8 +30,8 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch):
     md = (tmp_path / "results" / "tables" / "table3.md").read_text()
     assert "Scale `tiny`" in md and "—" not in md.split("\n\n", 1)[1]  # every cell filled
 
-    runs = client(tmp_path / "results").search_runs(
-        [client(tmp_path / "results").get_experiment_by_name("randsac-harness").experiment_id])
+    store = Store.of(Results(tmp_path / "results"))
+    runs = store.client().search_runs([store.experiment_id()])
     assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
     # every stage really ran as a Slurm job on the gpu partition, with the profile's resources
     for r in runs:
@@ -60,22 +43,23 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch):
         assert acct.startswith("COMPLETED|gpu|") and "gres/gpu=1" in acct and "cpu=1" in acct
 
 
-def test_unknown_partition_is_refused_before_submission(tmp_path):
+def test_unknown_partition_is_refused_before_submission(tmp_path, snakemake):
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "executor={partition: nope}", profile="slurm")
     assert out.returncode != 0
     assert "partition 'nope' is unknown to Slurm; known: cpu, gpu" in out.stderr
     assert not (tmp_path / "results" / "runs").exists()
 
 
-def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch):
+def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch, recorder, run_stage_here):
     """submitit's timeout interrupt: the job checkpoints, Slurm requeues it, it resumes exactly."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 6}))[1].config
-    run_dir = tmp_path / "results" / "runs" / expand(load_study("table3"), "tiny", dotted_to_nested(
-        {"pretrain.epochs": 6}))[1].signature("pretrain")
+    cell = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 6}))[1]
+    cfg, results = cell.config, Results(tmp_path / "results")
+    run_dir = results.run(cell.signature("pretrain")).path
     executor = ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1, cpus_per_task=2, mem_gb=2,
                               timeout_min=20, max_num_timeout=3)
-    job = submit("pretrain", cfg, run_dir, executor, tags={"study": "test", "cell": "requeue"})
+    store = Store.of(results)
+    job = submit("pretrain", cfg, results, executor, tracking_uri=store.uri, tags={"study": "test", "cell": "requeue"})
     deadline = time.time() + 300
     while not (run_dir / "checkpoint.pt").exists():  # let it finish an epoch first
         assert time.time() < deadline and not job.done(), job.stderr()
@@ -83,7 +67,7 @@ def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch):
     job._interrupt(timeout=True)
     metrics = job.result()
 
-    c = client(tmp_path / "results")
+    c = store.client()
     run = c.get_run((run_dir / "mlflow_run_id").read_text())
     assert run.info.status == "FINISHED"
     resumed = c.get_metric_history(run.info.run_id, "resumed_at_epoch")
@@ -95,10 +79,10 @@ def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch):
     by_epoch = {m.step: m.value for m in sorted(c.get_metric_history(run.info.run_id, "loss"),
                                                   key=lambda m: m.timestamp)}  # an epoch cut short is logged once
     losses = [by_epoch[e] for e in range(6)]
-    straight = Recorder()
-    pretrain.run(cfg, tmp_path / "straight", straight)
+    straight = recorder()
+    run_stage_here("pretrain", cfg, tmp_path / "straight", straight)
     assert losses == [m["loss"] for _, m in straight.logged]
-    assert metrics["final_loss"] == straight.logged[-1][1]["loss"]
+    assert metrics["loss"] == straight.logged[-1][1]["loss"]
 
 
 def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_path, monkeypatch):
@@ -129,19 +113,3 @@ def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_pa
     assert (tmp_path / "results" / "runs" / sig / "pretrain.json").exists()
     submitted = list((tmp_path / "results" / "runs" / sig / "submitit").glob("*/*_submitted.pkl"))
     assert len(submitted) == 1  # one job, never a second one on the same run folder
-
-
-def test_two_task_slurm_job_matches_one_process(tmp_path, monkeypatch):
-    """A 2-task CPU job (gloo) through Slurm: same loss trajectory as one process, same global batch."""
-    from test_distributed import compare
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    compare(tmp_path, "slurm", partition="cpu", mem_gb=2, timeout_min=20)
-
-
-def test_optuna_search_with_two_slurm_workers(tmp_path):
-    """A tiny search, 2 workers as a Slurm job array sharing a journal file: every trial complete, unique."""
-    from test_tune import check_search, run_search
-
-    check_search(tmp_path, run_search(tmp_path, {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1,
-                                                 "mem_gb": 2, "timeout_min": 20}))

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from harness.scales import SCALES
+from harness.science import methods
 from harness.studies import available_studies, expand, load_study, plan
 from harness.tables import collect, wide
 
@@ -52,7 +53,7 @@ def test_paper_recipes_per_table():
     assert (t7.model.embed_dim, t7.model.decoder_depth, t7.pretrain.epochs) == (384, 6, 1600)
     assert t7.segments.kind == "blob" and t7.segments.count == 11 and t7.segments.hierarchy == [5]
     assert by["table7"][("cifar10", "DINO")].method == "dino"
-    assert by["table7"][("cifar10", "Supervised")].stages() == ["finetune"]
+    assert methods.spec(by["table7"][("cifar10", "Supervised")].method).stages == ("finetune",)
     in100 = by["table2"][("imagenet100", "patch-random")]
     assert (in100.data.image_size, in100.model.patch_size, in100.model.embed_dim) == (224, 16, 384)
     assert (in100.model.decoder_depth, in100.model.decoder_num_heads) == (4, 12)  # doubled heads

@@ -5,8 +5,8 @@ import textwrap
 
 import mlflow
 
-from harness.tracking import EXPERIMENT, StageTracker, tracking_uri
-from test_workflow import snakemake
+from harness.core.layout import Results
+from harness.tracking import EXPERIMENT, Store
 
 
 def test_eight_concurrent_stages_lose_nothing(results_dir):
@@ -14,12 +14,14 @@ def test_eight_concurrent_stages_lose_nothing(results_dir):
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from harness.tracking import StageTracker
+        from harness.core.layout import Results
+        from harness.tracking import StageTracker, Store
         i = int(sys.argv[1])
-        run_dir = Path({str(results_dir)!r}) / "runs" / f"run{{i}}"
-        run_dir.mkdir(parents=True)
+        results = Results(Path({str(results_dir)!r}))
+        run = results.run(f"run{{i}}")
+        run.path.mkdir(parents=True)
         params = {{"model": {{"depth": i, "embed_dim": 32}}, "seed": i}}
-        with StageTracker(Path({str(results_dir)!r}), run_dir, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params) as t:
+        with StageTracker(Store.of(results), run, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params) as t:
             for epoch in range(40):
                 t.log({{"loss": 1.0 / (epoch + 1) + i, "lr": 0.1}}, step=epoch)
             t.log({{"final_loss": float(i)}}, step=0)
@@ -29,7 +31,7 @@ def test_eight_concurrent_stages_lose_nothing(results_dir):
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(errors)
     assert not any("database is locked" in e for e in errors)
-    client = mlflow.MlflowClient(tracking_uri(results_dir))
+    client = mlflow.MlflowClient(Store.of(Results(results_dir)).uri)
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     for r in runs:
@@ -39,7 +41,7 @@ def test_eight_concurrent_stages_lose_nothing(results_dir):
         assert r.data.params["model.depth"] == str(i) and r.data.metrics["final_loss"] == i
 
 
-def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch):
+def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch, snakemake):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "pretrain={base_lr: 1e30, warmup_epochs: 0}")
     assert out.returncode != 0

@@ -9,9 +9,10 @@ import optuna
 import pytest
 import yaml
 
-from harness import engine
-from harness.config import dotted_to_nested
-from harness.data import dataset_info, eval_transform
+from harness.core.catalog import dataset_info
+from harness.core.config import dotted_to_nested
+from harness.science.transforms import eval_transform
+from harness.stages.data import splits
 from harness.studies import ConfigError, expand, load_study
 from harness.tune import base_config, load_search
 
@@ -27,13 +28,13 @@ def test_validation_split_is_held_out_of_training_and_never_the_test_split():
                                                                  "data.train_subset": None,
                                                                  "data.test_subset": None}))[0].config
     info = dataset_info("mnist5k")
-    train, val, name = engine.splits(cfg, None, eval_transform(info, 32))
+    train, val, name = splits(cfg, None, eval_transform(info, 32))
     assert name == "val" and len(val) == 1000 and len(train) == 3000  # 25% of the 4,000 training digits
     assert set(train.indices).isdisjoint(val.indices)
     assert val.dataset.train  # drawn from the training split, not the test split
-    _, test, name = engine.splits(expand(load_study("table3"), "tiny")[0].config, None, eval_transform(info, 32))
+    _, test, name = splits(expand(load_study("table3"), "tiny")[0].config, None, eval_transform(info, 32))
     assert name == "test" and not test.dataset.train
-    assert engine.splits(expand(load_study("table3"), "tiny")[0].config, None, None)[1] is None  # pre-training
+    assert splits(expand(load_study("table3"), "tiny")[0].config, None, None)[1] is None  # pre-training
 
 
 def test_search_files_are_checked(tmp_path):
@@ -81,3 +82,10 @@ def check_search(tmp_path, summary):
 @pytest.mark.integration
 def test_search_with_two_local_workers(tmp_path):
     check_search(tmp_path, run_search(tmp_path, {"kind": "local", "cpus_per_task": 1}))
+
+
+@pytest.mark.slurm
+def test_optuna_search_with_two_slurm_workers(tmp_path, slurm):
+    """A tiny search, 2 workers as a Slurm job array sharing a journal file: every trial complete, unique."""
+    check_search(tmp_path, run_search(tmp_path, {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1,
+                                                 "mem_gb": 2, "timeout_min": 20}))

@@ -1,23 +1,20 @@
-"""Validated run configuration and its signature.
+"""The run configuration: one validated, frozen section per concern, and the stage list.
 
-A run is the signature of its resolved config (the dora idea): the same config asked for
-twice, from any table, is one run. Each stage (pretrain, linprobe, finetune) has its own
-signature; an evaluation stage's signature includes the signature of the pre-training run it
-reads, so two tables that probe the same pre-trained model share the pre-training run.
+What a run's signature hashes depends on its method: see `harness.science.methods`. This module
+imports nothing heavy (no torch), so configs validate and Snakemake plans without it.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.catalog import dataset_info
+from harness.core.catalog import dataset_info
 
+# The stage runs of a cell, in the order they run: every stage list of the harness is this one.
 STAGES = ("pretrain", "linprobe", "finetune")
 
 
@@ -161,11 +158,8 @@ class FinetuneConfig(OptimConfig):
     hflip: float = Field(0.5, ge=0, le=1)
 
 
-METHODS = ("randsac", "mae", "dino", "supervised")
-
-
 class RunConfig(_Strict):
-    method: Literal["randsac", "mae", "dino", "supervised"] = "randsac"  # Table 7's baselines
+    method: str = "randsac"  # harness.science.methods names them and checks what each needs
     data: DataConfig
     model: ModelConfig
     segments: SegmentConfig = SegmentConfig()
@@ -204,8 +198,6 @@ class RunConfig(_Strict):
             if side % p:
                 raise ValueError(f"model.patch_size={p} does not divide data.{name}={side}; "
                                  f"choose among {[d for d in range(1, side + 1) if side % d == 0]}")
-        if self.method == "randsac":
-            self.segments.check(self.grid_size)
         if self.pretrain.norm_pix_loss and p * p * dataset_info(self.data.name).channels < 2:
             raise ValueError("pretrain.norm_pix_loss needs at least 2 values per patch (patch_size 1 on a 1-channel dataset)")
         return self
@@ -218,36 +210,9 @@ class RunConfig(_Strict):
     def eval_size(self) -> int:
         return self.data.eval_image_size or self.data.image_size
 
-    def stages(self) -> list[str]:
-        """Stages a cell of this config runs, before its table metrics pick the evaluations."""
-        return ["finetune"] if self.method == "supervised" else ["pretrain", "linprobe", "finetune"]
-
 
 # Fields that say where or how a run executes, not what it computes: kept out of signatures.
 RUNTIME_FIELDS = {"data": {"root", "num_workers"}, "device": True}
-
-
-def stage_config(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """The part of the config one stage reads, without runtime fields: what its signature hashes."""
-    full = cfg.model_dump(mode="json", exclude=RUNTIME_FIELDS)
-    method_keys = {"randsac": ("segments",), "mae": (), "dino": ("dino",), "supervised": ()}[cfg.method]
-    if stage == "pretrain":
-        if cfg.method == "supervised":
-            raise ValueError("method supervised has no pre-training stage")
-        keys = ("method", "data", "model", "pretrain", *method_keys, "seed")
-        return {"stage": stage, **{k: full[k] for k in keys}}
-    if stage in ("linprobe", "finetune"):
-        if cfg.method == "supervised":  # trained from random initialisation
-            return {"stage": stage, "method": "supervised", "parent": None, "data": full["data"],
-                    "model": full["model"], stage: full[stage], "seed": full["seed"]}
-        return {"stage": stage, "parent": signature(cfg, "pretrain"), "data": full["data"],
-                stage: full[stage], "seed": full["seed"]}
-    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-
-
-def signature(cfg: RunConfig, stage: str) -> str:
-    blob = json.dumps(stage_config(cfg, stage), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- merging

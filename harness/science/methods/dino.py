@@ -17,9 +17,10 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms.dino_transform import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
 
-from harness.config import DinoConfig, ModelConfig
-from harness.data import DatasetInfo
-from harness.model import Encoder, init_weights
+from harness.core.catalog import DatasetInfo
+from harness.core.config import DinoConfig, ModelConfig
+from harness.science.methods.base import Method as Base
+from harness.science.model import Encoder, init_weights
 
 
 class DINO(nn.Module):
@@ -68,3 +69,19 @@ class MultiCrop:
     def __call__(self, img) -> list[torch.Tensor]:
         views = self.transform(img.convert("RGB"))
         return [v[:1] for v in views] if self.channels == 1 else views
+
+
+class Method(Base):
+    def build(self) -> DINO:
+        self.model = DINO(self.cfg.model, self.cfg.dino, self.cfg.data.image_size, self.info.channels)
+        return self.model
+
+    def transform(self) -> MultiCrop:
+        return MultiCrop(self.cfg.dino, self.info, self.cfg.data.image_size, self.cfg.model.patch_size)
+
+    def loss(self, batch, epoch: int) -> torch.Tensor:
+        views, _labels = batch
+        return self.model.loss(views, epoch)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.model.update_teacher(step, total_steps)

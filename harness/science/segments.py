@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.config import SegmentConfig
+from harness.core.config import SegmentConfig
 
 # Appendix A.2: positions in [-2, 2], means ~ U(-1.75, 1.75), standard deviations ~ U(0.5, 1).
 BLOB_EXTENT, BLOB_MEAN, BLOB_STD = 2.0, 1.75, (0.5, 1.0)

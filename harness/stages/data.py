@@ -1,4 +1,4 @@
-"""Datasets and augmentations.
+"""Datasets and their splits: what every stage trains and evaluates on.
 
 Datasets (items are ``(PIL.Image, int)`` before the transform, like torchvision's):
 
@@ -8,30 +8,30 @@ Datasets (items are ``(PIL.Image, int)`` before the transform, like torchvision'
   mode "L". Needs no files and no network.
 - ``cifar10``, ``cifar100``: torchvision's loaders over ``<root>/cifar-10-batches-py`` and
   ``<root>/cifar-100-python``. Never downloaded implicitly; fetch them once with
-  ``python -m harness.data fetch cifar10 --root ROOT`` (needs network).
+  ``python -m harness.fetch cifar10 --root ROOT`` (needs network).
+- ``imagenet100``, ``imagenet1k``: torchvision's ImageFolder over ``<root>/imagenet/{train,val}``.
 
-Augmentations follow MAE: ``pretrain_transform`` (random resized crop, scale 0.2-1, + flip),
-``probe_transform`` (linear probe), ``finetune_transform`` (timm's RandAugment recipe; Pillow
-is pinned to 12, see pyproject.toml) and ``eval_transform`` (resize only).
+`splits` gives a stage its training and evaluation sets (test split, or a validation share held
+out of training for searches); augmentations come from harness.science.transforms.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
-import sys
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from PIL import Image
-from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from harness.catalog import DATASETS, IMAGENET100_CLASSES, DataError, DatasetInfo, dataset_info  # noqa: F401
+from harness.core.catalog import IMAGENET100_CLASSES, DataError, dataset_info
+from harness.core.config import RunConfig
+from harness.science.transforms import eval_transform
 
-_CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
-_BICUBIC = transforms.InterpolationMode.BICUBIC
+CIFAR_LOADERS = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 
 MNIST5K_TRAIN_FRACTION = 0.8
 MNIST5K_PAD = 2
@@ -82,12 +82,12 @@ class MNIST5k(Dataset):
 # --------------------------------------------------------------------------- CIFAR
 
 def _fetch_command(name: str, root: str) -> str:
-    return f"python -m harness.data fetch {name} --root {root}"
+    return f"python -m harness.fetch {name} --root {root}"
 
 
 def _cifar_problem(name: str, root: str) -> str | None:
     """What is wrong with the files in root's CIFAR folder (torchvision's md5 table), or None."""
-    cls = _CIFAR[name]
+    cls = CIFAR_LOADERS[name]
     folder = os.path.join(root, cls.base_folder)
     if not os.path.isdir(folder):
         return "that folder does not exist"
@@ -161,7 +161,7 @@ def check_data(name: str, root: str | None) -> None:
         return
     problem = _cifar_problem(name, root)
     if problem is not None:
-        folder = os.path.join(root, _CIFAR[name].base_folder)
+        folder = os.path.join(root, CIFAR_LOADERS[name].base_folder)
         raise DataError(f"{name} data is missing or corrupt: expected torchvision's {name} files in {folder}, "
                         f"but {problem}. Fetch it (needs network) with: {_fetch_command(name, root)}")
 
@@ -174,63 +174,48 @@ def build_dataset(name: str, root: str | None, train: bool, transform: Callable 
     if name.startswith("imagenet"):
         folder, classes = imagenet_folder(name, os.path.expanduser(os.fspath(root)), "train" if train else "val")
         return ImageNetFolder(folder, classes, transform)
-    return _CIFAR[name](os.path.expanduser(os.fspath(root)), train=train, transform=transform, download=False)
+    return CIFAR_LOADERS[name](os.path.expanduser(os.fspath(root)), train=train, transform=transform, download=False)
 
 
-# --------------------------------------------------------------------------- transforms
+# --------------------------------------------------------------------------- splits
 
-def _to_normalized_tensor(info: DatasetInfo) -> list[Callable]:
-    return [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
-
-
-def pretrain_transform(info: DatasetInfo, image_size: int) -> Callable:
-    """MAE pre-training augmentation: random resized crop (scale 0.2-1) + flip, no colour jitter."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), interpolation=_BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        *_to_normalized_tensor(info),
-    ])
+def subset(ds: Dataset, n: int | None) -> Dataset:
+    """A fixed random subset of n items (the same for every run), or the whole set."""
+    if n is None or n >= len(ds):
+        return ds
+    return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
 
 
-def probe_transform(info: DatasetInfo, image_size: int) -> Callable:
-    """MAE linear-probe training augmentation: random resized crop (default scale) + flip."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, interpolation=_BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        *_to_normalized_tensor(info),
-    ])
+def splits(cfg: RunConfig, train_transform: Callable,
+           eval_transform: Callable | None) -> tuple[Dataset, Dataset | None, str]:
+    """(training set, evaluation set, its split name) of a stage.
 
-
-def eval_transform(info: DatasetInfo, image_size: int) -> Callable:
-    """Deterministic: bicubic resize to image_size (only if it differs), then normalize.
-    ImageNet: resize the short side to image_size * 256/224, then center-crop (MAE's eval)."""
-    if info.name.startswith("imagenet"):
-        resize = [transforms.Resize(int(image_size * 256 / 224), interpolation=_BICUBIC),
-                  transforms.CenterCrop(image_size)]
-    elif image_size == info.image_size:
-        resize = []
-    else:
-        resize = [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
-    return transforms.Compose([*resize, *_to_normalized_tensor(info)])
-
-
-def finetune_transform(info: DatasetInfo, image_size: int, rand_augment: str | None,
-                       crop_scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
-    """MAE fine-tuning augmentation via timm (e.g. rand_augment="rand-m9-mstd0.5-inc1"):
-    random resized crop (timm's default scale 0.08-1), horizontal flip, RandAugment.
-
-    As in MAE, colour jitter is off (``color_jitter=None``; timm's default would add it when
-    rand_augment is None) and random erasing is off. timm's ops handle mode "L" images
-    natively (fill colour = the 1-channel mean); a test checks this matches the RGB path.
+    Evaluation is on the test split, or, with `data.validation`, on a fixed held-out share of
+    the training split (hyper-parameter search never sees the test split); the held-out images
+    are then left out of every stage's training, pre-training included. Without an evaluation
+    transform (pre-training) there is no evaluation set.
     """
-    from timm.data import create_transform
+    name, root = cfg.data.name, cfg.data.root
+    train = build_dataset(name, root, train=True, transform=train_transform)
+    if not cfg.data.validation:
+        if eval_transform is None:
+            return subset(train, cfg.data.train_subset), None, "test"
+        test = build_dataset(name, root, train=False, transform=eval_transform)
+        return subset(train, cfg.data.train_subset), subset(test, cfg.data.test_subset), "test"
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()
+    cut = int(len(train) * cfg.data.validation)
+    held_out = Subset(build_dataset(name, root, train=True, transform=eval_transform), order[:cut])
+    return subset(Subset(train, order[cut:]), cfg.data.train_subset), subset(held_out, cfg.data.test_subset), "val"
 
-    return create_transform(input_size=image_size, is_training=True, color_jitter=None, scale=crop_scale,
-                            hflip=hflip, auto_augment=rand_augment, interpolation="bicubic", re_prob=0.0,
-                            mean=info.mean, std=info.std)
+
+def sample_images(cfg: RunConfig, n: int) -> torch.Tensor:
+    """The first n test images at the pre-training resolution (B, C, H, W): what pictures show."""
+    test = build_dataset(cfg.data.name, cfg.data.root, train=False,
+                         transform=eval_transform(dataset_info(cfg.data.name), cfg.data.image_size))
+    return torch.stack([test[i][0] for i in range(n)])
 
 
-# --------------------------------------------------------------------------- fetch CLI
+# --------------------------------------------------------------------------- fetch
 
 def fetch(name: str, root: str) -> None:
     """Download dataset `name` under root with torchvision (needs network), then verify it."""
@@ -242,29 +227,6 @@ def fetch(name: str, root: str) -> None:
         raise DataError(f"{name} cannot be fetched automatically (ImageNet's licence requires a manual "
                         f"download); put it in ImageFolder layout under {os.path.join(root, 'imagenet')}")
     root = os.path.expanduser(os.fspath(root))
-    _CIFAR[name](root, train=True, download=True)
+    CIFAR_LOADERS[name](root, train=True, download=True)
     check_data(name, root)
-    print(f"{name} is ready under {os.path.join(root, _CIFAR[name].base_folder)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fetch", help="download a dataset with torchvision (needs network)")
-    p.add_argument("name", choices=DATASETS)
-    p.add_argument("--root", required=True, help="data root, e.g. ~/data")
-    args = parser.parse_args(argv)
-    try:
-        fetch(args.name, args.root)
-    except Exception as e:  # CLI boundary: one clear line instead of a traceback
-        cls = _CIFAR.get(args.name)
-        url = f" from {cls.url}" if cls is not None else ""
-        print(f"error: fetching {args.name} into {args.root}{url} failed ({type(e).__name__}: {e}). "
-              f"This needs network access; alternatively download the archive by hand and extract it "
-              f"under {args.root}.", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"{name} is ready under {os.path.join(root, CIFAR_LOADERS[name].base_folder)}")

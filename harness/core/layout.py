@@ -1,0 +1,97 @@
+"""Where everything a run writes lives, in one place.
+
+    results/
+      runs/<signature>/   one stage run: config.yaml, checkpoint.pt, encoder.pt, <stage>.json,
+                          mlflow_run_id, job.json, submitit/<attempt>/ (job logs)
+      mlflow.db           the default MLflow store (sqlite); mlartifacts/ its artifacts
+      tables/             <table>.md|.tex|.csv
+      tune/<search>/      Optuna searches: journal, trials, best.yaml
+
+The workflow, the launcher, the stages, the tables, the searches and the Snakefile's output
+patterns all take their paths from these two objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one stage run (or of one trial's stage)."""
+
+    path: Path
+
+    @property
+    def signature(self) -> str:
+        return self.path.name
+
+    def result(self, stage: str) -> Path:
+        """The stage's final metrics: written last, so its presence means the run finished."""
+        return self.path / f"{stage}.json"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def encoder(self) -> Path:
+        """The pre-trained encoder's weights, what evaluation stages read."""
+        return self.path / "encoder.pt"
+
+    @property
+    def reconstruction(self) -> Path:
+        return self.path / "reconstruction.png"
+
+    @property
+    def mlflow_run_id(self) -> Path:
+        return self.path / "mlflow_run_id"
+
+    @property
+    def job(self) -> Path:
+        """The last job submitted for this run (cluster, id, submitit folder)."""
+        return self.path / "job.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / "submitit"
+
+
+@dataclass(frozen=True)
+class Results:
+    """A results folder: every run, the MLflow store, the tables, the searches."""
+
+    root: Path
+
+    def run(self, signature: str) -> RunFolder:
+        return RunFolder(self.root / "runs" / signature)
+
+    def result_pattern(self, stage: str) -> str:
+        """Snakemake's output pattern of a stage's result, `{sig}` the wildcard."""
+        return str(self.run("{sig}").result(stage))
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def tracking_lock(self) -> Path:
+        return self.root / ".mlflow.lock"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    def table(self, name: str, ext: str) -> Path:
+        return self.tables / f"{name}.{ext}"
+
+    def search(self, name: str) -> Path:
+        return self.root / "tune" / name

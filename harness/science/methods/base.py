@@ -1,0 +1,50 @@
+"""What every method is: how it pre-trains, and where its evaluation stages get their encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from harness.core.catalog import dataset_info
+from harness.core.config import RunConfig
+from harness.core.layout import RunFolder
+from harness.science.model import Encoder
+from harness.science.transforms import pretrain_transform
+
+
+class Method:
+    """One instance per stage run. Pre-training calls `build` (a model with an `.encoder`),
+    `transform` (the augmentation of its training images), `loss(batch, epoch)` for every step
+    and `after_step(step, total)` after every optimizer step. Evaluation calls
+    `initial_encoder`."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.info = dataset_info(cfg.data.name)
+        self.model: nn.Module | None = None
+
+    def build(self) -> nn.Module:
+        raise ValueError(f"method {self.cfg.method} has no pre-training stage")
+
+    def transform(self) -> Callable:
+        """MAE's pre-training augmentation (random resized crop 0.2-1 + flip)."""
+        return pretrain_transform(self.info, self.cfg.data.image_size)
+
+    def loss(self, batch: Any, epoch: int) -> torch.Tensor:
+        """The loss of one training batch (already on the device)."""
+        raise ValueError(f"method {self.cfg.method} has no pre-training stage")
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Runs after every optimizer step (DINO's teacher update); nothing by default."""
+
+    def reconstruction(self, imgs: torch.Tensor, out: Path) -> Path | None:
+        """A picture of what the pre-trained model predicts for `imgs`; none by default."""
+        return None
+
+    def initial_encoder(self, encoder: Encoder, parent: RunFolder | None) -> Encoder:
+        """The encoder evaluation starts from: the weights its pre-training run `parent` saved."""
+        encoder.load_state_dict(torch.load(parent.encoder, map_location="cpu", weights_only=True))
+        return encoder
+

@@ -1,0 +1,197 @@
+"""The training loop every stage shares, and what it needs: device, seeds, loaders, schedule.
+
+A stage (pretrain.py, linprobe.py, finetune.py) builds a `Task` (what it trains and how it
+scores a batch) and calls `fit(ctx, task)`: the epoch loop, resumed from the stage's checkpoint,
+logging one line of metrics per epoch. The data order of epoch e is a function of (seed, e)
+alone and the RNG states are in the checkpoint, so a resumed run continues exactly. With
+several processes (`ctx.dist`) each trains on its shard and gradients are averaged.
+"""
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harness.core import metrics as names
+from harness.core.config import OptimConfig, RunConfig
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the stage stops at once and its MLflow run fails."""
+
+
+def select_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but no CUDA device is visible to this job")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on the CPU (bf16 is many times slower there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
+                 drop_last: bool = True, num_workers: int = 0, rank: int = 0,
+                 world_size: int = 1) -> DataLoader:
+    """The loader of one epoch; its order and its workers' seeds depend on (seed, epoch) only."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    sampler = None
+    if world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, world_size, rank, shuffle=shuffle, seed=seed)
+        sampler.set_epoch(epoch)
+        shuffle = False
+    batch_size = min(batch_size, len(ds)) if drop_last else batch_size
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def eval_loader(ds: Dataset) -> DataLoader:
+    """Every item once, in order: for evaluation and feature extraction."""
+    return epoch_loader(ds, 256, 0, 0, shuffle=False, drop_last=False)
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    batch_size = min(batch_size, n) if drop_last else batch_size
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, opt: OptimConfig, steps_per_epoch: int):
+    """Per-iteration schedule: linear warm-up from 0 to lr, then cosine decay to min_lr."""
+    total = opt.epochs * steps_per_epoch
+    warmup = int(opt.warmup_epochs * steps_per_epoch)
+    floor = opt.min_lr / opt.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, **kwargs):
+    """timm's optimizer factory (no weight decay on norms and biases) + the warm-up/cosine schedule."""
+    from timm.optim import create_optimizer_v2
+
+    extra = {"betas": opt_cfg.betas} if opt_cfg.optimizer == "adamw" else {"momentum": opt_cfg.momentum}
+    optimizer = create_optimizer_v2(params_or_model, opt_cfg.optimizer, lr=opt_cfg.lr,
+                                    weight_decay=opt_cfg.weight_decay, **extra, **kwargs)
+    for group in optimizer.param_groups:  # layer-wise lr decay: timm leaves the scaling to its schedulers
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+    return optimizer, warmup_cosine(optimizer, opt_cfg, steps_per_epoch(n_train, opt_cfg.batch_size))
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}: stopping this stage")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return [to_device(b, device) for b in batch]
+    return batch.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches: Iterable, device: torch.device) -> float:
+    model.eval()
+    correct = total = 0
+    for imgs, labels in batches:
+        imgs, labels = imgs.to(device), labels.to(device)
+        with autocast(device):
+            logits = model(imgs)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        total += labels.numel()
+    return 100.0 * correct / total
+
+
+@dataclass
+class Task:
+    """What a stage trains: `module` (put in train mode each epoch) with its optimizer and
+    schedule on `train_set`, `loss(batch, epoch)` of one batch already on the device, what the
+    checkpoint holds (`saved`), and optionally `evaluate()` -> top-1 on the split `eval_split`
+    and `after_step(global step, total steps)` after each optimizer step (DINO's teacher)."""
+
+    train_set: Dataset
+    opt: OptimConfig
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loss: Callable[[Any, int], torch.Tensor]
+    saved: dict[str, Any]
+    evaluate: Callable[[], float] | None = None
+    eval_split: str = "test"
+    after_step: Callable[[int, int], None] | None = None
+
+
+def fit(ctx, task: Task) -> list[dict]:
+    """The epoch loop every stage shares; resumes from `ctx.checkpoint`, returns the metric history.
+
+    `ctx` is the stage's StageContext (harness.stages.context). With several ranks each trains
+    on its shard with batch_size / world_size images and gradients are averaged before a step.
+    """
+    dist, opt_cfg, device = ctx.dist, task.opt, ctx.device
+    if opt_cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {opt_cfg.batch_size} does not split over {dist.world_size} processes")
+    rank_batch = opt_cfg.batch_size // dist.world_size
+    start, history = ctx.checkpoint.resume(dist, **task.saved)
+    if start:
+        ctx.log({names.RESUMED_AT_EPOCH: start}, step=start)
+    if dist.active and not start:  # one random stream per rank (augmentations, serializations)
+        seed_everything(ctx.cfg.seed * 7919 + dist.rank)
+    per_epoch = steps_per_epoch(len(task.train_set), opt_cfg.batch_size)
+    for epoch in range(start, opt_cfg.epochs):
+        task.module.train()
+        total, count = 0.0, 0
+        loader = epoch_loader(task.train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
+                              rank=dist.rank, world_size=dist.world_size)
+        for step, batch in enumerate(loader):
+            batch = to_device(batch, device)
+            with autocast(device):
+                loss = task.loss(batch, epoch)
+            check_finite(loss, epoch, step)
+            task.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if dist.active:
+                dist.average_gradients(task.module.parameters())
+            task.optimizer.step()
+            task.schedule.step()
+            if task.after_step is not None:
+                task.after_step(epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
+            total, count = total + loss.item(), count + 1
+        metrics = {names.LOSS: dist.mean(total / count), names.LR: max(g["lr"] for g in task.optimizer.param_groups)}
+        if task.evaluate is not None:
+            metrics[names.acc1(task.eval_split)] = task.evaluate()
+        history.append(metrics)
+        ctx.log(metrics, step=epoch)
+        ctx.checkpoint.save(epoch + 1, history, dist, **task.saved)
+    return history
+
+
+def final_accuracy(history: list[dict], split: str) -> dict[str, float]:
+    """The last epoch's top-1 on the evaluation split, and the best one (logged, never tabled)."""
+    key = names.acc1(split)
+    return {key: history[-1][key], names.best(key): max(h[key] for h in history)}

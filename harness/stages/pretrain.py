@@ -1,0 +1,33 @@
+"""Stage 1: pre-training (appendix B.4), RandSAC or one of Table 7's baselines (MAE, DINO).
+
+AdamW (no weight decay on norms and biases), lr = base_lr * batch / 256 with a per-iteration
+linear warm-up and cosine decay; the method (harness.science.methods) gives the model, the
+augmentation and the loss of a batch. Saves the encoder, what evaluation stages read.
+"""
+from __future__ import annotations
+
+from harness.core import metrics as names
+from harness.stages import engine
+from harness.stages.checkpoint import atomic_save
+from harness.stages.context import StageContext
+from harness.stages.data import sample_images, splits
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg = ctx.cfg
+    engine.seed_everything(cfg.seed)
+    method = ctx.method()
+    train, _, _ = splits(cfg, method.transform(), None)
+    model = method.build().to(ctx.device)
+    optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train))
+    history = engine.fit(ctx, engine.Task(
+        train_set=train, opt=cfg.pretrain, module=model, optimizer=optimizer, schedule=schedule,
+        loss=method.loss, after_step=method.after_step,
+        saved={"model": model, "optimizer": optimizer, "schedule": schedule}))
+    if ctx.dist.is_main:
+        atomic_save(model.encoder.state_dict(), ctx.run.encoder)
+        picture = method.reconstruction(sample_images(cfg, 4).to(ctx.device), ctx.run.reconstruction)
+        if picture is not None:
+            ctx.log_artifact(picture)
+    ctx.dist.barrier()
+    return {names.LOSS: history[-1][names.LOSS]}
