@@ -32,6 +32,9 @@ class Printer:
     def log_artifact(self, path):
         print(f"    artifact {path}")
 
+    def log_input(self, **dataset):
+        print(f"    input {dataset}")
+
 
 def contract(device: torch.device) -> None:
     torch.manual_seed(0)

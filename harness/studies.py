@@ -24,6 +24,7 @@ from harness.scales import SCALES, preset
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = ROOT / "studies"
+CONTROL_SETTING = "random init"
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,12 @@ class Factor(BaseModel):
     field: str | None = None  # dotted config path, e.g. segments.size
     values: list[Any] | dict[str, dict[str, Any]]
     label: str = "{name}={value}"  # how a plain value reads in the table
+
+    def fields(self) -> set[str]:
+        """The dotted config fields this factor sets in its cells."""
+        if isinstance(self.values, dict):
+            return {path for patch in self.values.values() for path in flatten_keys(patch)}
+        return {self.field}
 
     def variants(self, name: str) -> list[tuple[str, Any, dict]]:
         """(label, value for the setting template, nested config patch) of every value."""
@@ -74,6 +81,8 @@ class Cell:
     setting: str
     seed: int
     config: RunConfig
+    control: bool = False  # the random-init control, not a cell of the paper
+    short: str = ""  # what tells it from the other cells: its factors' labels, e.g. "M=2"
 
     @property
     def label(self) -> str:
@@ -96,7 +105,7 @@ class StageRun:
     signature: str
     config: RunConfig
     parent: str | None
-    cells: list[tuple[str, str]] = field(default_factory=list)  # (study, cell label) asking for it
+    cells: list[Cell] = field(default_factory=list)  # every cell asking for it, across studies
 
 
 def available_studies(studies_dir: Path = STUDIES_DIR) -> list[str]:
@@ -118,11 +127,14 @@ def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
     return study
 
 
-def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) -> list[Cell]:
+def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
+           seeds: list[int] | None = None, controls: bool = True) -> list[Cell]:
     """Every (dataset, cell, seed) of a study at a scale, with its validated config.
 
     The config of a cell is: scale preset <- study base <- study's per-scale overrides <- the
     cell's factor values <- `overrides` (a nested dict, e.g. {"pretrain": {"epochs": 2}}).
+    `seeds` replaces the study's seeds. With `controls`, each dataset also gets its random-init
+    control cells (`control_cells`).
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)}")
@@ -130,6 +142,7 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) ->
     combos = list(itertools.product(*(study.factors[n].variants(n) for n in names)))
     cells = []
     for dataset in study.datasets:
+        first = len(cells)
         try:
             start = preset(scale, dataset, study.recipe)
         except ValueError as err:
@@ -145,7 +158,7 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) ->
             raw = base
             for _, _, patch in combo:
                 raw = deep_merge(raw, patch)
-            for seed in study.seeds:
+            for seed in seeds if seeds is not None else study.seeds:
                 try:
                     config = methods.check(RunConfig.model_validate(
                         deep_merge(deep_merge(raw, {"seed": seed}), overrides or {})))
@@ -153,23 +166,70 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None) ->
                     raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {one_line(err)}") from None
                 except ValueError as err:
                     raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {err}") from None
-                cells.append(Cell(study.name, dataset, setting, seed, config))
+                cells.append(Cell(study.name, dataset, setting, seed, config, short=", ".join(labels) or setting))
+        if controls:
+            cells += control_cells(cells[first:])
     return cells
 
 
-def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = None) -> dict[str, StageRun]:
+def control_cells(cells: list[Cell]) -> list[Cell]:
+    """The random-init controls of one dataset's cells: a randomly initialised encoder of the
+    cells' architecture, probed and fine-tuned with their recipes. One control per distinct
+    (encoder, data, recipes): "random init", or "random init (<first setting>)" when the cells
+    differ in what the control depends on (Table 9's patch sizes)."""
+    groups: dict[tuple[str, str], list[RunConfig]] = {}
+    first: dict[tuple[str, str], Cell] = {}
+    for cell in cells:
+        config = RunConfig.model_validate({**cell.config.model_dump(), "method": methods.CONTROL})
+        seedless = config.model_copy(update={"seed": 0})
+        key = (methods.signature(seedless, "linprobe"), methods.signature(seedless, "finetune"))
+        first.setdefault(key, cell)
+        if all(c.seed != config.seed for c in groups.setdefault(key, [])):
+            groups[key].append(config)
+    out = []
+    for key, configs in groups.items():
+        one = len(groups) == 1
+        setting = CONTROL_SETTING if one else f"{CONTROL_SETTING} ({first[key].setting})"
+        short = CONTROL_SETTING if one else f"{CONTROL_SETTING} ({first[key].short})"
+        out += [Cell(cells[0].study, cells[0].dataset, setting, c.seed, c, control=True, short=short) for c in configs]
+    return out
+
+
+def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = None, *,
+         seeds: list[int] | None = None, controls: bool = True) -> dict[str, StageRun]:
     """Signature -> stage run, for every stage of every cell of the given studies."""
     runs: dict[str, StageRun] = {}
     for study in studies:
-        for cell in expand(study, scale, overrides):
+        check_overrides(study, overrides or {})
+        for cell in expand(study, scale, overrides, seeds=seeds, controls=controls):
             stages = cell.stages(study.metrics)
             parent = cell.signature("pretrain") if "pretrain" in stages else None
             for stage in stages:
                 sig = cell.signature(stage)
                 run = runs.setdefault(sig, StageRun(stage, sig, cell.config, None if stage == "pretrain" else parent))
-                if (study.name, cell.label) not in run.cells:
-                    run.cells.append((study.name, cell.label))
+                if all((c.study, c.label) != (cell.study, cell.label) for c in run.cells):
+                    run.cells.append(cell)
     return runs
+
+
+def flatten_keys(d: dict, prefix: str = "") -> list[str]:
+    """{"segments": {"kind": "blob"}} -> ["segments.kind"]."""
+    out = []
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        out += flatten_keys(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return out
+
+
+def check_overrides(study: Study, overrides: dict[str, Any]) -> None:
+    """Refuse an override that sets a field the study varies: it would make every cell one run
+    while the columns still read as the ablation."""
+    for path in flatten_keys(overrides):
+        for name, factor in study.factors.items():
+            clash = [f for f in sorted(factor.fields()) if f == path or f.startswith(path + ".") or path.startswith(f + ".")]
+            if clash:
+                raise ConfigError(f"override {path} sets what {study.name} varies (factor {name}: {', '.join(clash)}): "
+                                  f"every cell would be the same run; drop it, or ask for a table that does not vary it")
 
 
 def one_line(err: ValidationError) -> str:

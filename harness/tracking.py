@@ -1,14 +1,18 @@
 """MLflow: one run per stage, tagged with what links it to its table cells.
 
 The store is a value every job is given: the `tracking_uri` of the workflow's config, else
-`MLFLOW_TRACKING_URI`, else `results/mlflow.db` (sqlite, artifacts in `results/mlartifacts`).
-A restarted stage (requeue, crash) continues the MLflow run it started, whose id lives in its
-run folder.
+`MLFLOW_TRACKING_URI`, else `results/mlflow.db` (sqlite). Artifacts have `mlflow-artifacts:`
+locations, which an MLflow server resolves against its `--artifacts-destination`: with the
+local store the jobs write them under `results/mlartifacts/`, so `mlflow ui
+--backend-store-uri sqlite:///results/mlflow.db --artifacts-destination results/mlartifacts`
+shows every run and its artifacts wherever `results/` is copied. A restarted stage (requeue,
+crash) continues the MLflow run it started, whose id lives in its run folder.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -16,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from harness.core import metrics as names
+from harness.core.errors import StageStopped
 from harness.core.layout import Results, RunFolder
 
 EXPERIMENT = "randsac-harness"
+ARTIFACTS_SCHEME = "mlflow-artifacts:/"
 T = TypeVar("T")
 
 
@@ -74,14 +81,23 @@ class Store:
             return mlflow.MlflowClient(self.uri)
 
     def experiment_id(self) -> str:
-        """Create the store and the experiment once (a local store keeps artifacts beside it); its id."""
+        """Create the store and the experiment once; its id. The local store's experiment keeps
+        its artifacts at a location relative to the artifacts folder, not an absolute path."""
         c = self.client()
         with self.creation_lock():
             exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
             if exp is not None:
                 return exp.experiment_id
-            artifacts = self.results.mlartifacts.resolve().as_uri() if self.local else None
-            return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts))
+            artifacts = ARTIFACTS_SCHEME + EXPERIMENT if self.local else None
+            kind = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on its training runs
+            return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=kind))
+
+    def artifact_dir(self, artifact_uri: str) -> Path | None:
+        """Where the local store keeps a run's artifacts (`artifact_uri` of the run), or None
+        when a server keeps them."""
+        if not self.local or not artifact_uri.startswith(ARTIFACTS_SCHEME):
+            return None
+        return self.results.mlartifacts / artifact_uri.removeprefix(ARTIFACTS_SCHEME).lstrip("/")
 
 
 def git_commit() -> str:
@@ -105,13 +121,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class StageTracker:
-    """Start or continue the MLflow run of one stage; log per-epoch metrics and artifacts."""
+    """Start or continue the MLflow run of one stage; log its metrics (under `<prefix>/`),
+    its dataset and its artifacts."""
 
-    def __init__(self, store: Store, run: RunFolder, tags: dict[str, str], params: dict[str, Any]):
+    def __init__(self, store: Store, run: RunFolder, tags: dict[str, str], params: dict[str, Any],
+                 prefix: str | None = None):
         self.store, self.run = store, run
-        self.tags, self.params = tags, params
+        self.tags, self.params, self.prefix = tags, params, prefix
         self.client = None
         self.run_id: str | None = None
+        self.artifact_uri: str | None = None
 
     def __enter__(self) -> "StageTracker":
         self.client = self.store.client()
@@ -121,8 +140,7 @@ class StageTracker:
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
         else:
             exp = self.store.experiment_id()
-            run = retry(lambda: self.client.create_run(exp, tags={**self.tags, "git_commit": git_commit()},
-                                                       run_name=self.tags.get("mlflow.runName")))
+            run = retry(lambda: self.client.create_run(exp, tags=self.tags, run_name=self.tags.get("mlflow.runName")))
             self.run_id = run.info.run_id
             params = [(k, str(v)[:6000]) for k, v in flatten(self.params).items()]
             from mlflow.entities import Param
@@ -132,20 +150,37 @@ class StageTracker:
                 retry(lambda: self.client.log_batch(self.run_id, params=chunk))
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(self.run_id)
+        self.artifact_uri = retry(lambda: self.client.get_run(self.run_id)).info.artifact_uri
         return self
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(names.key(self.prefix, k) if self.prefix else k, float(v), now, step) for k, v in metrics.items()]
         retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
+    def log_input(self, name: str, digest: str, source: str, profile: dict[str, Any], context: str = "train") -> None:
+        """The dataset this stage read, as an MLflow input (the run page's Datasets)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(profile))
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
     def log_artifact(self, path: Path) -> None:
-        retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+        local = self.store.artifact_dir(self.artifact_uri)
+        if local is None:
+            retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+            return
+        local.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, local / Path(path).name)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit, StageStopped)):
             status = "KILLED"  # preemption / requeue: the run continues on restart
         else:
             status = "FAILED" if exc_type is not None else "FINISHED"

@@ -24,16 +24,19 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 class Recorder:
-    """A tracker that keeps what a stage logs: [(step, metrics)] and artifact paths."""
+    """A tracker that keeps what a stage logs: [(step, metrics)], artifact paths, inputs."""
 
     def __init__(self):
-        self.logged, self.artifacts = [], []
+        self.logged, self.artifacts, self.inputs = [], [], []
 
     def log(self, metrics, step):
         self.logged.append((step, dict(metrics)))
 
     def log_artifact(self, path):
         self.artifacts.append(Path(path))
+
+    def log_input(self, **dataset):
+        self.inputs.append(dataset)
 
 
 class StopAfter(Checkpoint):
@@ -125,8 +128,8 @@ def slurm_cluster_problem() -> str | None:
     if shutil.which("sinfo") is None:
         return "Slurm's sinfo is not installed (bash cluster/install.sh)"
     out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout:
-        return f"no idle Slurm node answers ({(out.stderr or out.stdout).strip()}); start: bash cluster/start.sh"
+    if out.returncode != 0 or not {"idle", "mixed", "allocated", "completing"} & set(out.stdout.split()):
+        return f"no Slurm node answers ({(out.stderr or out.stdout).strip()}); start: bash cluster/start.sh"
     return None
 
 
@@ -139,3 +142,14 @@ def slurm():
         pytest.fail(f"CI needs the Slurm cluster: {problem}")
     if problem:
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def table3_tiny(tmp_path_factory):
+    """Table 3 at scale tiny through Snakemake, submitit's local executor and MLflow, run once
+    for every test that reads it (they must not change it): (working directory, Snakemake's output)."""
+    workdir = tmp_path_factory.mktemp("table3-tiny")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = run_snakemake(workdir, "table3", "--config", "scale=tiny", env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return workdir, out

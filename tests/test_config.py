@@ -17,10 +17,14 @@ def cells(scale="tiny", **dotted):
 
 def test_table3_cells():
     cs = cells()
-    assert [c.setting for c in cs] == ["square M=1", "square M=2", "square M=4"]
+    assert [c.setting for c in cs] == ["square M=1", "square M=2", "square M=4", "random init"]
     assert {c.dataset for c in cs} == {"cifar10"}
-    assert [c.config.segments.size for c in cs] == [1, 2, 4]
+    assert [c.config.segments.size for c in cs[:3]] == [1, 2, 4] and not any(c.control for c in cs[:3])
     assert all(c.config.segments.order == "random" for c in cs)
+    control = cs[3]
+    assert control.control and control.config.method == "random_init"
+    assert control.stages(["lin", "ft"]) == ["linprobe", "finetune"]  # no pre-training
+    assert control.config.model == cs[1].config.model and control.config.finetune == cs[1].config.finetune
 
 
 def test_paper_scale_is_the_paper_recipe():
@@ -53,7 +57,9 @@ def test_signature_is_the_config():
 def test_plan_dedups_same_config():
     study = load_study("table3")
     runs = plan([study, study], "tiny")
-    assert sorted(r.stage for r in runs.values()) == ["finetune"] * 3 + ["linprobe"] * 3 + ["pretrain"] * 3
+    assert sorted(r.stage for r in runs.values()) == ["finetune"] * 4 + ["linprobe"] * 4 + ["pretrain"] * 3
+    assert sorted(r.stage for r in plan([study], "tiny", controls=False).values()) == \
+        ["finetune"] * 3 + ["linprobe"] * 3 + ["pretrain"] * 3
     for r in runs.values():
         if r.parent:
             assert runs[r.parent].stage == "pretrain"
@@ -128,19 +134,29 @@ def test_executor_overrides_from_snakemake_config():
 
 
 def test_slurm_checks_against_what_sinfo_reports(tmp_path, monkeypatch):
-    """A fake sinfo: partition cpu without GPUs, gpu with two."""
+    """A fake sinfo: partition cpu (default, 2 CPUs, 20 GB, no GPU), gpu (2 fake GPUs, 4 h limit)."""
     from harness.launch import ExecutorConfig
     from harness.workflow import check_slurm
 
     fake = tmp_path / "sinfo"
-    fake.write_text("#!/bin/sh\nprintf 'cpu (null)\\ngpu gpu:2\\n'\n")
+    fake.write_text("#!/bin/sh\nprintf 'node1|cpu*|2|20480|(null)|infinite\\nnode1|gpu|2|20480|gpu:2|4:00:00\\n'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    check_slurm(ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1))
+    check_slurm(ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1, cpus_per_task=2, mem_gb=16,
+                               timeout_min=240))
+    check_slurm(ExecutorConfig(kind="slurm", cpus_per_task=1, tasks_per_node=2))  # the default partition
     with pytest.raises(ConfigError, match="gpus_per_node=1 but partition 'cpu' has no GPUs"):
         check_slurm(ExecutorConfig(kind="slurm", partition="cpu", gpus_per_node=1))
     with pytest.raises(ConfigError, match="partition 'a100' is unknown to Slurm; known: cpu, gpu"):
         check_slurm(ExecutorConfig(kind="slurm", partition="a100"))
+    with pytest.raises(ConfigError, match=r"partition 'gpu' has 0 node\(s\) with 10 CPUs \(1 task\(s\) x 10\), 64 GB "
+                                          r"and 1 GPUs, 1 asked for; its largest node offers 2 CPUs, 20.0 GB, 2 GPUs"):
+        check_slurm(ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1, cpus_per_task=10, mem_gb=64,
+                                   timeout_min=60))
+    with pytest.raises(ConfigError, match="2 asked for"):
+        check_slurm(ExecutorConfig(kind="slurm", partition="cpu", cpus_per_task=1, nodes=2))
+    with pytest.raises(ConfigError, match=r"timeout_min=1440 is beyond the time limit of partition 'gpu' \(240 min\)"):
+        check_slurm(ExecutorConfig(kind="slurm", partition="gpu", timeout_min=1440))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="sinfo is not on PATH"):
         check_slurm(ExecutorConfig(kind="slurm"))

@@ -26,7 +26,7 @@ def cell(seed=0):
 def losses(results: Results, sig):
     c = Store.of(results).client()
     run = c.get_run(results.run(sig).mlflow_run_id.read_text())
-    return [m.value for m in sorted(c.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)], run
+    return [m.value for m in sorted(c.get_metric_history(run.info.run_id, "pretrain/loss"), key=lambda m: m.step)], run
 
 
 def run_pretrain(root, executor: ExecutorConfig, seed=0):

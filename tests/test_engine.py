@@ -81,3 +81,86 @@ def test_nan_loss_stops_the_stage(tmp_path, tiny_cfg, run_stage_here):
     with pytest.raises(engine.NonFiniteLoss, match="loss is (nan|inf) at epoch 0"):
         run_stage_here("pretrain", cfg, tmp_path / "nan")
     assert not (tmp_path / "nan" / "encoder.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["randsac", "mae"])
+def test_pretraining_logs_its_floor_and_ratio_every_epoch(tmp_path, tiny_cfg, recorder, run_stage_here, method):
+    rec = recorder()
+    final = run_stage_here("pretrain", tiny_cfg(method=method), tmp_path, rec)
+    assert len(rec.logged) == 3
+    for _, m in rec.logged:
+        assert {"loss", "loss_floor", "loss_ratio", "lr"} <= set(m)
+        assert m["loss_ratio"] == pytest.approx(m["loss"] / m["loss_floor"]) and 0 < m["loss_floor"] < 1
+    assert final == {k: rec.logged[-1][1][k] for k in ("loss", "loss_floor", "loss_ratio")}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_stop_mid_epoch_continues_from_that_step_exactly(tmp_path, stage, tiny_cfg, recorder, run_stage_here):
+    """Asked to stop (preemption, a time limit) after step 2 of epoch 1 (4 steps an epoch): the
+    stage checkpoints that step and stops; run again, it continues from there and ends as if
+    never stopped."""
+    from harness.core.errors import StageStopped
+    from harness.core.layout import RunFolder
+    from harness.runner import stage_module
+    from harness.stages.context import StageContext
+
+    cfg = tiny_cfg(**{"finetune.epochs": 3})
+    parent = None
+    if stage != "pretrain":
+        parent = RunFolder(tmp_path / "parent")
+        run_stage_here("pretrain", cfg, parent.path)
+    straight = recorder()
+    final = run_stage_here(stage, cfg, tmp_path / "straight", straight, parent and parent.path)
+    steps = iter(range(1000))
+    stopped = recorder()
+    ctx = StageContext(cfg, RunFolder(tmp_path / "stopped"), stopped, parent, stop=lambda: next(steps) == 5)
+    with pytest.raises(StageStopped, match="stopped on request at epoch 1, step 2/4"):
+        stage_module(stage).run(ctx)
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["position"][0]["step"] == 2
+    resumed_final = stage_module(stage).run(StageContext(cfg, RunFolder(tmp_path / "stopped"), stopped, parent))
+    epochs = [(s, m) for s, m in stopped.logged if "resumed_at_epoch" not in m]
+    assert epochs == straight.logged and resumed_final == final  # bit for bit
+    assert (1, {"resumed_at_epoch": 1.5}) in stopped.logged
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MB tmpfs (root only): where a checkpoint write runs out of space."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if out.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root and must mount a tmpfs: {out.stderr.strip()}")
+        pytest.skip(f"cannot mount a size-limited tmpfs here: {out.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_the_stage_with_one_line_and_keeps_the_last_checkpoint(small_filesystem, tiny_cfg,
+                                                                                 recorder, run_stage_here):
+    from harness.stages.checkpoint import Checkpoint, DiskFull
+
+    run_dir = small_filesystem / "run"
+    filler = small_filesystem / "filler"
+
+    class FillAfterFirst(Checkpoint):
+        def save(self, epoch, *args, **kwargs):
+            super().save(epoch, *args, **kwargs)
+            if epoch == 1:  # the next write has no room
+                stats = __import__("os").statvfs(small_filesystem)
+                filler.write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - 4096))
+
+    with pytest.raises(DiskFull) as err:
+        run_stage_here("pretrain", tiny_cfg(), run_dir, checkpoint=FillAfterFirst(run_dir / "checkpoint.pt"))
+    message = str(err.value)
+    assert f"no space left on the device of {run_dir / 'checkpoint.pt'}" in message and "previous one is intact" in message
+    assert "\n" not in message
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 1  # intact
+    assert not list(run_dir.glob(".*.tmp"))
+    filler.unlink()  # space again: asking again resumes and finishes
+    straight = run_stage_here("pretrain", tiny_cfg(), small_filesystem / "straight")
+    assert run_stage_here("pretrain", tiny_cfg(), run_dir) == straight

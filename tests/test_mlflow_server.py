@@ -49,6 +49,7 @@ def test_tiny_table_against_a_tracking_server(tmp_path, mlflow_server, snakemake
     assert "square M=2" in (tmp_path / "results" / "tables" / "table3.md").read_text()
     client = mlflow.MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
-    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}
     pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain")
     assert "reconstruction.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id)}
+    assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:/")  # the server keeps them, proxied

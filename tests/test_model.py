@@ -106,6 +106,9 @@ def test_first_segment_is_never_scored():
     garbage = pred.clone()
     garbage[0, :2] = 1e6  # predictions of the first segment are ignored
     assert normalized_pixel_loss(pred, imgs, ranks >= 1, 2) == normalized_pixel_loss(garbage, imgs, ranks >= 1, 2)
+    # the floor is the loss of predicting nothing: what an all-zero prediction scores
+    loss, floor = normalized_pixel_loss(pred, imgs, ranks >= 1, 2)
+    assert loss == floor
 
 
 def test_loss_equals_normalized_pixel_formula():
@@ -125,11 +128,24 @@ def test_loss_equals_normalized_pixel_formula():
             total += ((pred[b, t] - target) ** 2).mean()
             count += 1
     expected = total / count
-    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks >= 1, p), expected, atol=1e-6)
+    loss, floor = normalized_pixel_loss(pred, imgs, ranks >= 1, p)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # the floor: the same loss for an all-zero prediction, on the same predicted tokens only
+    zero_loss, zero_floor = normalized_pixel_loss(torch.zeros_like(pred), imgs, ranks >= 1, p)
+    assert torch.allclose(floor, zero_loss, atol=1e-7) and torch.equal(floor, zero_floor)
+    # per token, a normalized patch's mean square is (P*P*C - 1) / (P*P*C) (unbiased variance)
+    assert floor.item() == pytest.approx(47 / 48, rel=1e-3)
+    # a constant patch (background) has target 0: the floor counts it only where it is predicted
+    flat = imgs.clone()
+    flat[:, :, :p, :p] = 0.5
+    every = torch.ones(2, 16, dtype=torch.bool)
+    but_first = every & (torch.arange(16) != 0)
+    assert normalized_pixel_loss(pred, flat, every, p)[1].item() == pytest.approx(15 / 16 * 47 / 48, rel=1e-3)
+    assert normalized_pixel_loss(pred, flat, but_first, p)[1].item() == pytest.approx(47 / 48, rel=1e-3)
     # without normalization the target is the raw pixels
     raw = sum(((pred[b, t] - patchify(imgs, p)[b, t]) ** 2).mean() for b in range(2) for t in range(16)
               if ranks[b, t] > 0) / count
-    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks >= 1, p, norm_pix=False), raw, atol=1e-6)
+    assert torch.allclose(normalized_pixel_loss(pred, imgs, ranks >= 1, p, norm_pix=False)[0], raw, atol=1e-6)
 
 
 def test_patchify_roundtrip():
@@ -157,7 +173,7 @@ def test_skip_connections_start_as_the_masked_transformer():
     masked.load_state_dict({k: v for k, v in skip.state_dict().items() if k != "skip"})
     imgs, ranks = torch.randn(2, 3, 32, 32), Serializer(SegmentConfig(size=2), 8)(2)
     assert torch.allclose(skip(imgs, ranks), masked(imgs, ranks), atol=1e-6)
-    skip.loss(imgs, ranks).backward()
+    skip.loss(imgs, ranks)[0].backward()
     assert skip.skip.grad[:, :-1].abs().sum() > 0  # the skips to earlier layers learn
 
 
@@ -174,9 +190,9 @@ def test_shapes_and_features():
     imgs = torch.randn(3, 1, 32, 32)
     ranks = Serializer(SegmentConfig(size=2), 8)(3)
     assert model(imgs, ranks).shape == (3, 64, 16)
-    loss = model.loss(imgs, ranks)
+    loss, floor = model.loss(imgs, ranks)
     loss.backward()
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.ndim == 0 and torch.isfinite(loss) and not floor.requires_grad
     enc = model.encoder
     assert enc.features(imgs).shape == (3, 32)
     assert LinearProbe(enc, 10)(imgs).shape == (3, 10)

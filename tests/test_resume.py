@@ -36,6 +36,8 @@ CHILD = textwrap.dedent("""
             print("epoch", step, flush=True)
         def log_artifact(self, path):
             pass
+        def log_input(self, **dataset):
+            pass
     cfg = expand(load_study("table3"), "tiny", dotted_to_nested(%r))[1].config
     print("final", pretrain.run(StageContext(cfg, RunFolder(Path(sys.argv[1])), Quiet())), flush=True)
 """ % OVERRIDES)

@@ -7,10 +7,7 @@ import time
 
 import pytest
 
-from harness.core.config import dotted_to_nested
 from harness.core.layout import Results
-from harness.launch import ExecutorConfig, submit
-from harness.studies import expand, load_study
 from harness.tracking import Store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
@@ -23,7 +20,7 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch, snakemak
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dry = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", SMALL, profile="slurm")
     assert dry.returncode == 0, dry.stderr
-    assert job_counts(dry.stdout) == {"pretrain": 3, "linprobe": 3, "finetune": 3, "table3": 1}
+    assert job_counts(dry.stdout) == {"pretrain": 3, "linprobe": 4, "finetune": 4, "table3": 1}
 
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", SMALL, profile="slurm")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -32,7 +29,7 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch, snakemak
 
     store = Store.of(Results(tmp_path / "results"))
     runs = store.client().search_runs([store.experiment_id()])
-    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}
     # every stage really ran as a Slurm job on the gpu partition, with the profile's resources
     for r in runs:
         run_dir = tmp_path / "results" / "runs" / r.data.tags["signature"]
@@ -43,6 +40,14 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch, snakemak
         assert acct.startswith("COMPLETED|gpu|") and "gres/gpu=1" in acct and "cpu=1" in acct
 
 
+def test_a_request_no_node_offers_is_refused_before_submission(tmp_path, snakemake):
+    """The slurm profile's defaults (10 CPUs, 64 GB) on this 2-CPU node: one line, nothing submitted."""
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", profile="slurm")
+    assert out.returncode != 0
+    assert "partition 'gpu' has 0 node(s) with 10 CPUs" in out.stderr and "its largest node offers 2 CPUs" in out.stderr
+    assert not (tmp_path / "results" / "runs").exists()
+
+
 def test_unknown_partition_is_refused_before_submission(tmp_path, snakemake):
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "executor={partition: nope}", profile="slurm")
     assert out.returncode != 0
@@ -50,39 +55,104 @@ def test_unknown_partition_is_refused_before_submission(tmp_path, snakemake):
     assert not (tmp_path / "results" / "runs").exists()
 
 
-def test_timeout_requeues_and_the_stage_continues(tmp_path, monkeypatch, recorder, run_stage_here):
-    """submitit's timeout interrupt: the job checkpoints, Slurm requeues it, it resumes exactly."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cell = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 6}))[1]
-    cfg, results = cell.config, Results(tmp_path / "results")
-    run_dir = results.run(cell.signature("pretrain")).path
-    executor = ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1, cpus_per_task=2, mem_gb=2,
-                              timeout_min=20, max_num_timeout=3)
-    store = Store.of(results)
-    job = submit("pretrain", cfg, results, executor, tracking_uri=store.uri, tags={"study": "test", "cell": "requeue"})
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoint.pt").exists():  # let it finish an epoch first
-        assert time.time() < deadline and not job.done(), job.stderr()
-        time.sleep(0.5)
-    job._interrupt(timeout=True)
-    metrics = job.result()
+def launcher(tmp_path, monkeypatch, executor: dict, overrides: dict):
+    """The command Snakemake would run for Table 3's M=2 pre-training, through the slurm executor."""
+    import shlex
+    import sys
 
-    c = store.client()
-    run = c.get_run((run_dir / "mlflow_run_id").read_text())
-    assert run.info.status == "FINISHED"
-    resumed = c.get_metric_history(run.info.run_id, "resumed_at_epoch")
-    assert len(resumed) == 1 and 1 <= resumed[0].value < 6  # continued, not restarted
-    sacct = subprocess.run(["sacct", "-n", "-P", "-j", str(job.job_id), "-o", "State", "-D", "-X"],
-                           capture_output=True, text=True).stdout
-    assert "REQUEUED" in sacct or "PREEMPTED" in sacct or "TIMEOUT" in sacct
-    # the same losses as an uninterrupted run of the same config and seed
-    by_epoch = {m.step: m.value for m in sorted(c.get_metric_history(run.info.run_id, "loss"),
-                                                  key=lambda m: m.timestamp)}  # an epoch cut short is logged once
-    losses = [by_epoch[e] for e in range(6)]
+    from harness.workflow import Plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plan = Plan("tiny", {"kind": "slurm", "partition": "cpu", "mem_gb": 2, **executor}, overrides, only=["table3"])
+    sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain" and r.cells[0].setting == "square M=2")
+    cmd = [sys.executable, "-m", "harness.launch", *shlex.split(plan.launch_args(sig, "pretrain")),
+           *shlex.split(plan.job_args(sig, "pretrain"))]
+    return cmd, plan.results.run(sig), plan.runs[sig].config
+
+
+def job_id_once_it_trains(run, proc) -> str:
+    import json
+
+    deadline = time.time() + 300
+    while not run.progress.exists():  # an epoch done: now a fault costs something
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    return str(json.loads(run.job.read_text())["job_id"])
+
+
+def sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    return [line.split()[0] for line in out.stdout.split("\n") if line.strip()]
+
+
+def mlflow_run(run):
+    store = Store.of(Results(run.path.parent.parent))
+    client = store.client()
+    return client, client.get_run(run.mlflow_run_id.read_text().strip())
+
+
+@pytest.mark.parametrize("fault", ["scontrol requeue", "scancel --signal=TERM", "time limit"])
+def test_a_preempted_or_timed_out_stage_resumes_from_its_step(tmp_path, monkeypatch, fault, recorder, run_stage_here):
+    """A real Slurm fault mid-epoch: the job checkpoints at its next step and is requeued; it ends
+    with the losses of an uninterrupted run, and sacct shows the requeue."""
+    long = fault == "time limit"
+    cmd, run, cfg = launcher(tmp_path, monkeypatch, {"cpus_per_task": 2, "timeout_min": 1 if long else 20,
+                                                     "signal_delay_s": 30},
+                             {"pretrain": {"epochs": 30 if long else 8}, "data": {"train_subset": 1024}})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job_id = job_id_once_it_trains(run, proc)
+    if fault == "scontrol requeue":
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+    elif fault == "scancel --signal=TERM":
+        subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped on request at epoch" in out  # the job's own line: it kept its step
+    assert "REQUEUED" in sacct_states(job_id) or "PREEMPTED" in sacct_states(job_id)
+    client, mlrun = mlflow_run(run)
+    assert mlrun.info.status == "FINISHED"
+    resumed = [m.value for m in client.get_metric_history(mlrun.info.run_id, "pretrain/resumed_at_epoch")]
+    assert resumed and all(v % 1 for v in resumed)  # resumed mid-epoch, at the step it had reached
+    by_epoch = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "pretrain/loss")}
     straight = recorder()
     run_stage_here("pretrain", cfg, tmp_path / "straight", straight)
-    assert losses == [m["loss"] for _, m in straight.logged]
-    assert metrics["loss"] == straight.logged[-1][1]["loss"]
+    assert [by_epoch[e] for e in range(cfg.pretrain.epochs)] == [m["loss"] for _, m in straight.logged]
+
+
+@pytest.mark.parametrize("fault,state,status", [("scancel", "CANCELLED", "KILLED"),
+                                                ("scancel --signal=KILL", "FAILED", "FAILED")])
+def test_a_job_that_dies_leaves_its_mlflow_run_failed_and_asking_again_finishes_it(
+        tmp_path, monkeypatch, fault, state, status):
+    cmd, run, cfg = launcher(tmp_path, monkeypatch, {"cpus_per_task": 2, "timeout_min": 20},
+                             {"pretrain": {"epochs": 8}, "data": {"train_subset": 1024}})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job_id = job_id_once_it_trains(run, proc)
+    subprocess.run(fault.split() + [job_id], check=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1
+    client, mlrun = mlflow_run(run)
+    ended = sacct_states(job_id)[-1]
+    assert ended.startswith(state) and f"FAILED: Slurm job {job_id} {ended}" in out
+    assert mlrun.info.status == status and mlrun.data.tags["failure"] == f"Slurm job {job_id} {ended}"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    client, mlrun = mlflow_run(run)
+    assert mlrun.info.status == "FINISHED"
+    assert client.get_metric_history(mlrun.info.run_id, "pretrain/resumed_at_epoch")  # continued, not restarted
+
+
+def test_a_request_no_node_can_serve_is_cancelled_with_one_line(tmp_path, monkeypatch):
+    """Submitted past the planner's check (the launcher alone), a job that waits for 8 CPUs on a
+    2-CPU node is cancelled at once with the reason Slurm gives."""
+    cmd, run, _ = launcher(tmp_path, monkeypatch, {"cpus_per_task": 1, "timeout_min": 20}, {})
+    i = cmd.index("--executor") + 1
+    cmd[i] = cmd[i].replace('"cpus_per_task":1', '"cpus_per_task":8')
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "can never start: PartitionConfig" in out.stderr or "can never start" in out.stderr, out.stderr
+    job_id = str(__import__("json").loads(run.job.read_text())["job_id"])
+    assert sacct_states(job_id)[-1].startswith("CANCELLED")
 
 
 def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_path, monkeypatch):

@@ -43,8 +43,8 @@ def test_cells_shared_between_tables_are_one_run():
     runs = plan(STUDIES, "paper")
     requested = sum(len(c.stages(s.metrics)) for s in STUDIES for c in expand(s, "paper"))
     assert len(runs) < requested  # fewer runs than cells x stages: shared cells run once
-    shared = [r for r in runs.values() if len({study for study, _ in r.cells}) > 1]
-    assert any({"table3", "table4", "table6"} <= {s for s, _ in r.cells} for r in shared)
+    shared = [r for r in runs.values() if len({c.study for c in r.cells}) > 1]
+    assert any({"table3", "table4", "table6"} <= {c.study for c in r.cells} for r in shared)
 
 
 def test_paper_recipes_per_table():
@@ -86,7 +86,8 @@ def test_tables_with_baselines_and_reported_rows():
     runs = pd.DataFrame([{"signature": c.signature("finetune"), "stage": "finetune", "value": 50.0}
                          for c in expand(t7, "tiny")], columns=["signature", "stage", "value"])
     long = collect(t7, "tiny", {}, runs)
-    sup = long[(long.setting == "Supervised") & (long.dataset == "cifar10")].set_index("metric")
+    sup = long[(long.setting == "Supervised") & (long.paper_dataset == "cifar10")].set_index("metric")
+    assert set(sup["dataset"]) == {"mnist5k"}  # what ran at tiny
     assert sup.loc["FT", "ours"] == 50.0 and sup.loc["LIN", "source"] == "not applicable"
     frame = wide(t7, long)
     assert frame.loc["Supervised", ("cifar10", "LIN", "ours")] == "—"
@@ -94,7 +95,7 @@ def test_tables_with_baselines_and_reported_rows():
     long8 = collect(t8, "tiny", {}, runs.iloc[:0])
     reported = long8[long8.source == "reported by others, not run"]
     assert "DINO ViT-B (reported)" in set(reported.setting) and reported.ours.isna().all()
-    assert wide(t8, long8).loc["MAE ViT-B (reported)", ("imagenet1k", "LIN", "paper")] == "68.00"
+    assert wide(t8, long8).loc["MAE ViT-B (reported)", ("imagenet1k", "LIN", "paper")] == "68.0"
 
 
 def test_several_seeds_give_mean_and_std(tmp_path):
@@ -102,13 +103,13 @@ def test_several_seeds_give_mean_and_std(tmp_path):
 
     study = Study(**{**load_study("table3").model_dump(), "seeds": [0, 1]})
     cells = expand(study, "tiny")
-    assert len(cells) == 6 and len({c.signature("pretrain") for c in cells}) == 6
+    assert len(cells) == 8 and len({c.signature("pretrain") for c in cells if not c.control}) == 6
     values = {c.signature("linprobe"): 50.0 + 10 * c.seed for c in cells}
     runs = pd.DataFrame([{"signature": s, "stage": "linprobe", "value": v} for s, v in values.items()])
     long = collect(study, "tiny", {}, runs)
     lin = long[(long.metric == "LIN") & (long.setting == "square M=2")].iloc[0]
     assert lin["ours"] == 55.0 and lin["std"] == pytest.approx(7.0710678) and lin["n"] == 2
-    assert wide(study, long).loc["LIN", ("square M=2", "ours")] == "55.00 ± 7.07"
+    assert wide(study, long).loc["LIN", ("square M=2", "ours")] == "55.0 ± 7.1 (2)"
     assert wide(study, long).loc["FT", ("square M=2", "ours")] == "—"  # no finetune run yet
     partial = collect(study, "tiny", {}, runs.iloc[:1])
     row = partial[(partial.n == 1)].iloc[0]
@@ -124,7 +125,7 @@ def test_captions_name_what_the_cells_ran():
 
     assert "patch 2/4/8" in cap("table9", "tiny")  # the swept setting lists its values
     assert "patch 1/4)" in cap("table1", "smoke") and "(16×16)" in cap("table1", "smoke")
-    assert "patch 4)" in cap("table3", "smoke") and "pre-training 4 epochs" in cap("table3", "smoke")
+    assert "patch 4)" in cap("table3", "smoke") and "pre-training 8 epochs" in cap("table3", "smoke")
     assert "(32×32, evaluated at 40×40)" in cap("table8", "smoke")
     paper6 = cap("table6", "paper")  # CIFAR10 with ViT-Tiny/4 beside ImageNet100 with ViT-Small/16
     assert "dataset cifar10/imagenet100 (32×32/256×256)" in paper6 and "patch 4/16" in paper6
@@ -132,3 +133,61 @@ def test_captions_name_what_the_cells_ran():
     assert "Not comparable" not in paper6 and "Not comparable" in cap("table3", "tiny")
     assert "columns ran on mnist5k: they are the same runs" in cap("table6", "smoke")
     assert "same runs" not in paper6 and "same runs" not in cap("table3", "smoke")
+
+
+def test_seeds_from_the_command_line_replace_the_studys():
+    cells = expand(load_study("table3"), "tiny", seeds=[0, 1, 2])
+    assert sorted({c.seed for c in cells}) == [0, 1, 2] and len(cells) == 4 * 3
+    from harness.workflow import Plan
+
+    plan3 = Plan.from_snakemake_config({"scale": "tiny", "seeds": ["0", "1", "2"]}, ["table3"])  # as Snakemake parses
+    assert plan3.cells.seeds == [0, 1, 2] and len(plan3.runs) == 3 * (3 * 3 + 2)
+    assert "--seeds 0,1,2" in plan3.table_args(plan3.studies[0])
+
+
+def test_control_signatures_are_shared_across_tables():
+    """One random-init control per encoder and recipe: Tables 3, 5, 6 share it; Table 7's is its
+    supervised baseline's fine-tuning run; Table 9's patch sizes have one each; Table 10's
+    architectures (decoders) share one."""
+    def controls(name, scale="paper", dataset="cifar10"):
+        return [c for c in expand(load_study(name), scale) if c.control and c.dataset == dataset]
+
+    for scale in ("tiny", "smoke", "paper"):
+        (t3,) = controls("table3", scale)
+        (t5,) = controls("table5", scale)
+        (t6,) = controls("table6", scale)
+        assert t3.setting == "random init" and t3.config.method == "random_init"
+        for stage in ("linprobe", "finetune"):
+            assert t3.signature(stage) == t5.signature(stage) == t6.signature(stage)
+    (t7,) = controls("table7")
+    supervised = next(c for c in expand(load_study("table7"), "paper") if c.setting == "Supervised" and c.dataset == "cifar10")
+    assert t7.signature("finetune") == supervised.signature("finetune")
+    assert t7.signature("finetune") != controls("table3")[0].signature("finetune")  # ViT-S/4, not ViT-Tiny
+    t9 = controls("table9")
+    assert [c.setting for c in t9] == [f"random init (patch-random P={p})" for p in (2, 4, 8)]
+    assert len({c.signature("linprobe") for c in t9}) == 3
+    assert t9[1].signature("linprobe") == controls("table3")[0].signature("linprobe")  # P=4 is Table 3's encoder
+    assert len(controls("table10")) == 1
+    runs = plan(STUDIES, "paper")
+    control_runs = [r for r in runs.values() if r.config.method == "random_init"]
+    assert any(len({c.study for c in r.cells}) >= 5 for r in control_runs)  # one run serves many tables
+    assert not [c for c in expand(load_study("table3"), "paper", controls=False) if c.control]
+
+
+def test_tables_show_the_control_and_mark_pretraining_that_did_not_learn():
+    study = load_study("table3")
+    cells = expand(study, "tiny")
+    runs = pd.DataFrame(
+        [{"signature": c.signature(s), "stage": s, "value": 60.0 + i} for i, c in enumerate(cells)
+         for s in ("linprobe", "finetune")] +
+        [{"signature": c.signature("pretrain"), "stage": "pretrain", "ratio": 0.95 if c.setting == "square M=4" else 0.5}
+         for c in cells if not c.control])
+    long = collect(study, "tiny", {}, runs)
+    frame = wide(study, long)
+    assert frame.loc["LIN", ("random init", "ours")] == "63.0" and frame.loc["LIN", ("random init", "paper")] == "—"
+    assert frame.loc["LIN", ("square M=4", "ours")] == "62.0†" and frame.loc["LIN", ("square M=2", "ours")] == "61.0"
+    assert set(long[long.setting == "random init"].source) == {"control"}
+    from harness.tables import notes
+
+    assert any("pre-training did not learn (loss ≥ 0.9 × floor" in n for n in notes(long))
+    assert not any("did not learn" in n for n in notes(collect(study, "tiny", {}, runs[runs.ratio != 0.95])))

@@ -21,7 +21,8 @@ def test_eight_concurrent_stages_lose_nothing(results_dir):
         run = results.run(f"run{{i}}")
         run.path.mkdir(parents=True)
         params = {{"model": {{"depth": i, "embed_dim": 32}}, "seed": i}}
-        with StageTracker(Store.of(results), run, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params) as t:
+        with StageTracker(Store.of(results), run, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params,
+                          prefix="pretrain") as t:
             for epoch in range(40):
                 t.log({{"loss": 1.0 / (epoch + 1) + i, "lr": 0.1}}, step=epoch)
             t.log({{"final_loss": float(i)}}, step=0)
@@ -36,14 +37,15 @@ def test_eight_concurrent_stages_lose_nothing(results_dir):
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     for r in runs:
         i = int(r.data.tags["signature"][3:])
-        history = client.get_metric_history(r.info.run_id, "loss")
+        history = client.get_metric_history(r.info.run_id, "pretrain/loss")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(40))
-        assert r.data.params["model.depth"] == str(i) and r.data.metrics["final_loss"] == i
+        assert r.data.params["model.depth"] == str(i) and r.data.metrics["pretrain/final_loss"] == i
 
 
 def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch, snakemake):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "pretrain={base_lr: 1e30, warmup_epochs: 0}")
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "controls=false",
+                    "pretrain={base_lr: 1e30, warmup_epochs: 0}")
     assert out.returncode != 0
     logs = out.stdout + out.stderr
     assert "FAILED" in logs

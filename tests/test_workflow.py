@@ -8,12 +8,13 @@ import pytest
 def test_dry_run_lists_exactly_the_table3_jobs(tmp_path, snakemake, job_counts):
     out = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {"pretrain": 3, "linprobe": 3, "finetune": 3, "table3": 1}
+    assert job_counts(out.stdout) == {"pretrain": 3, "linprobe": 4, "finetune": 4, "table3": 1}  # + the control
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("args,message", [  # the rest of bad input is tested in process (test_config)
-    (["table3", "--config", "scale=tiny", "segments={size: 3}"], "M=3 does not divide the 8x8 token grid"),
+    (["table5", "--config", "scale=tiny", "segments={count: 65}"], "K=65 is larger than the 64 tokens"),
+    (["table3", "--config", "scale=tiny", "segments={size: 2}"], "override segments.size sets what table3 varies"),
     (["table99", "--config", "scale=tiny"], "unknown target 'table99'; targets are all, table1"),
 ])
 def test_bad_input_stops_before_any_job(tmp_path, snakemake, args, message):
@@ -24,49 +25,76 @@ def test_bad_input_stops_before_any_job(tmp_path, snakemake, args, message):
 
 
 @pytest.mark.integration
-def test_table3_end_to_end_at_tiny_scale(tmp_path, monkeypatch, snakemake, job_counts):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = snakemake(tmp_path, "table3", "--config", "scale=tiny")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    tables = tmp_path / "results" / "tables"
+def test_table3_end_to_end_at_tiny_scale(table3_tiny):
+    workdir, out = table3_tiny
+    tables = workdir / "results" / "tables"
     md = (tables / "table3.md").read_text()
+    assert md.startswith("**Table 3.** Square-random serialization as a function of M (scale tiny")
     assert "Not comparable with the paper: scale `tiny`" in md and "mnist5k" in md
     assert "| LIN" in md and "| FT" in md and "81.38" in md  # the paper's number beside ours
-    tex = (tables / "table3.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\caption" in tex
+    assert (tables / "table3.png").stat().st_size > 10_000 and (tables / "table3.pdf").exists()
     csv = pd.read_csv(tables / "table3.csv")
-    assert list(csv["setting"].unique()) == ["square M=1", "square M=2", "square M=4"] and (csv["n"] == 1).all()
-    assert csv["ours"].between(0, 100).all() and csv["paper"].notna().all()
+    assert list(csv["setting"].unique()) == ["square M=1", "square M=2", "square M=4", "random init"]
+    assert (csv["n"] == 1).all() and csv["ours"].between(0, 100).all()
+    assert set(csv["paper_dataset"]) == {"cifar10"} and set(csv["dataset"]) == {"mnist5k"}  # the column, what ran
+    assert csv[csv.source == "this run"]["paper"].notna().all() and csv[csv.source == "control"]["paper"].isna().all()
+    assert csv[csv.source == "this run"]["pretrain_ratio"].notna().all()
+    # every epoch printed a progress line, and the local jobs' lines reached Snakemake's console
+    assert out.stdout.count("[M=2 · pretrain · s0 · table3] epoch ") == 2  # tiny: 2 epochs
+    assert "ETA 0:00:00" in out.stdout and "img/s" in out.stdout
 
-    # MLflow: one FINISHED run per stage run, tagged and with per-epoch metrics
+    # MLflow: one FINISHED run per stage run, named by what differs, tagged, nested, per-stage params
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("randsac-harness")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
-    assert sorted(r.data.tags["stage"] for r in runs) == ["finetune"] * 3 + ["linprobe"] * 3 + ["pretrain"] * 3
+    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.info.run_name for r in runs}) == 11
+    assert {"M=2 · pretrain · s0 · table3", "random init · finetune · s0 · table3"} <= {r.info.run_name for r in runs}
+    by_sig = {(r.data.tags["signature"], r.data.tags["stage"]): r for r in runs}
     for r in runs:
-        tags = r.data.tags
-        assert {"signature", "study", "cell", "stage", "scale", "git_commit"} <= set(tags)
-        assert tags["study"] == "table3" and tags["scale"] == "tiny"
-        assert (tmp_path / "results" / "runs" / tags["signature"] / f"{tags['stage']}.json").exists()
-        assert r.data.params["segments.size"] in {"1", "2", "4"}
-        history = client.get_metric_history(r.info.run_id, "loss")
-        assert len(history) == int(r.data.params[f"{tags['stage']}.epochs"])
+        tags, stage = r.data.tags, r.data.tags["stage"]
+        assert {"signature", "table", "cell", "stage", "seed", "dataset", "paper_dataset", "scale",
+                "mlflow.source.git.commit", "mlflow.user", "mlflow.note.content"} <= set(tags)
+        assert (tags["table"], tags["dataset"], tags["paper_dataset"], tags["seed"]) == ("table3", "mnist5k", "cifar10", "0")
+        assert (workdir / "results" / "runs" / tags["signature"] / f"{stage}.json").exists()
+        assert "parent" not in r.data.params and "stage" not in r.data.params
+        assert f"{stage}.epochs" in r.data.params and not any(k.startswith("dino.") for k in r.data.params)
+        history = client.get_metric_history(r.info.run_id, f"{stage}/loss")
+        assert len(history) == int(r.data.params[f"{stage}.epochs"])
+        assert not any(k.startswith("final_final") or "/" not in k for k in r.data.metrics)
+        assert [d.dataset.name for d in r.inputs.dataset_inputs] == ["mnist5k"]
+        assert any(k.startswith("system/") for k in r.data.metrics)
+        if "parent" in tags:  # evaluation of a pre-trained encoder: nested under its pre-training run
+            parent = by_sig[(tags["parent"], "pretrain")]
+            assert tags["mlflow.parentRunId"] == parent.info.run_id
+        elif stage == "pretrain":
+            assert r.data.metrics["pretrain/final_loss_ratio"] == pytest.approx(
+                r.data.metrics["pretrain/final_loss"] / r.data.metrics["pretrain/final_loss_floor"])
+        else:
+            assert tags["cell"] == "random init" and "mlflow.parentRunId" not in tags
     # the table's numbers are the MLflow runs' numbers
-    finals = {r.data.tags["signature"]: r.data.metrics.get("final_test_acc1") for r in runs}
+    finals = {r.data.tags["signature"]: r.data.metrics.get(f"{r.data.tags['stage']}/final_test_acc1") for r in runs}
     for row in csv.itertuples():
         assert row.ours == pytest.approx(finals[row.signatures])
 
+
+@pytest.mark.integration
+def test_asking_again_redoes_nothing(tmp_path, snakemake, job_counts, table3_tiny):
+    import shutil
+
+    workdir, _ = table3_tiny
+    shutil.copytree(workdir / "results", tmp_path / "results")  # the session's table3 stays untouched
+    shutil.copytree(workdir / ".snakemake", tmp_path / ".snakemake", ignore=shutil.ignore_patterns("locks"))
     # asking again does nothing: every run is one signature, already done
     again = snakemake(tmp_path, "table3", "--config", "scale=tiny")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # ... whatever executor settings or MLflow tags the asking invocation brings
     again = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", "executor={mem_gb: 3}")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    # another table sharing two of its cells (square M=1 = patch-random, M=2 = square-random)
-    # plans only its new cell: Snakemake does not redo runs another table asked for
+    # another table sharing two of its cells (square M=1 = patch-random, M=2 = square-random) and
+    # its control plans only its new cell: Snakemake does not redo runs another table asked for
     table4 = snakemake(tmp_path, "-n", "table4", "--config", "scale=tiny")
     assert table4.returncode == 0, table4.stderr
     assert job_counts(table4.stdout) == {"pretrain": 1, "linprobe": 1, "finetune": 1, "table4": 1}
@@ -99,16 +127,23 @@ def test_all_tables_end_to_end_at_tiny_scale(tmp_path, monkeypatch, snakemake):
         assert len(ran) and (ran["n"] == ran["seeds"]).all(), f"table{i} has missing cells"
         assert ran["ours"].between(0, 100).all()
     t7 = pd.read_csv(tables / "table7.csv")
-    assert set(t7["setting"]) == {"Supervised", "DINO", "MAE (75% mask)", "RandSAC-Square 16->4", "RandSAC-Blob 11->5"}
+    assert set(t7["setting"]) == {"Supervised", "DINO", "MAE (75% mask)", "RandSAC-Square 16->4", "RandSAC-Blob 11->5",
+                                  "random init"}
+    sup = t7[(t7.setting == "Supervised") & (t7.metric == "FT")].iloc[0]
+    control = t7[(t7.setting == "random init") & (t7.metric == "FT")].iloc[0]
+    assert sup.signatures == control.signatures and sup.ours == control.ours  # one run: the supervised baseline
     assert "(reported)" in (tables / "table8.md").read_text()
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    from harness.core.layout import Results
+    from harness.tracking import Store
+
+    store = Store.of(Results(tmp_path / "results"))
+    client = mlflow.MlflowClient(store.uri)
     runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id], max_results=1000)
     assert {r.info.status for r in runs} == {"FINISHED"}
     pretrains = [r for r in runs if r.data.tags["stage"] == "pretrain" and r.data.params["method"] == "randsac"]
-    artifacts = {a.path for r in pretrains[:3] for a in client.list_artifacts(r.info.run_id)}
-    assert "reconstruction.png" in artifacts
+    assert all((store.artifact_dir(r.info.artifact_uri) / "reconstruction.png").exists() for r in pretrains)
 
 
 @pytest.mark.integration
@@ -126,24 +161,27 @@ def test_a_stopped_workflow_redoes_only_unfinished_runs(tmp_path, monkeypatch, s
     proc = start_snakemake(tmp_path, *args)
     runs_dir = tmp_path / "results" / "runs"
     deadline = time.time() + 600
-    while len(list(runs_dir.glob("*/*[!b].json"))) < 2:  # two stage runs finished (job.json excluded)
+    def results():
+        return [p for p in runs_dir.glob("*/*.json") if p.stem in ("pretrain", "linprobe", "finetune")]
+
+    while len(results()) < 2:  # two stage runs finished
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)
     # Snakemake removes the outputs of jobs it was running when stopped; what is left finished
-    finished = {p.parent.name: p.stem for p in runs_dir.glob("*/*[!b].json")}
-    assert 1 <= len(finished) < 9
+    finished = {p.parent.name: p.stem for p in results()}
+    assert 1 <= len(finished) < 11
     dry = snakemake(tmp_path, "-n", *args)
     counts = job_counts(dry.stdout)
-    assert sum(counts.get(s, 0) for s in ("pretrain", "linprobe", "finetune")) == 9 - len(finished)
+    assert sum(counts.get(s, 0) for s in ("pretrain", "linprobe", "finetune")) == 11 - len(finished)
     again = snakemake(tmp_path, *args)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
-    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}  # no duplicate, none lost
+    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}  # no duplicate, none lost
     for r in runs:
+        stage = r.data.tags["stage"]
         if r.data.tags["signature"] in finished:  # finished before the stop: never retrained
-            assert not client.get_metric_history(r.info.run_id, "resumed_at_epoch")
-            assert len(client.get_metric_history(r.info.run_id, "loss")) == int(
-                r.data.params[f"{r.data.tags['stage']}.epochs"])
+            assert not client.get_metric_history(r.info.run_id, f"{stage}/resumed_at_epoch")
+            assert len(client.get_metric_history(r.info.run_id, f"{stage}/loss")) == int(r.data.params[f"{stage}.epochs"])

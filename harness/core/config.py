@@ -124,6 +124,8 @@ class OptimConfig(_Strict):
 class PretrainConfig(OptimConfig):
     norm_pix_loss: bool = True
     mask_ratio: float = Field(0.75, gt=0, lt=1)  # MAE only
+    crop_scale: tuple[float, float] | None = (0.2, 1.0)  # RandomResizedCrop scale; None: no crop
+    hflip: float = Field(0.5, ge=0, le=1)
 
 
 class DinoConfig(_Strict):

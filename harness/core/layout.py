@@ -2,7 +2,7 @@
 
     results/
       runs/<signature>/   one stage run: config.yaml, checkpoint.pt, encoder.pt, <stage>.json,
-                          mlflow_run_id, job.json, submitit/<attempt>/ (job logs)
+                          progress.json, mlflow_run_id, job.json, submitit/<attempt>/ (job logs)
       mlflow.db           the default MLflow store (sqlite); mlartifacts/ its artifacts
       tables/             <table>.md|.tex|.csv
       tune/<search>/      Optuna searches: journal, trials, best.yaml
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class RunFolder:
     def config(self) -> Path:
         return self.path / "config.yaml"
 
+    def write_config(self, stage_config: dict, config: dict) -> None:
+        """config.yaml: what the run's signature hashes, and its whole resolved config."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        resolved = {"stage_config": stage_config, "config": config}
+        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.pt"
@@ -42,6 +50,11 @@ class RunFolder:
     def encoder(self) -> Path:
         """The pre-trained encoder's weights, what evaluation stages read."""
         return self.path / "encoder.pt"
+
+    @property
+    def progress(self) -> Path:
+        """Where a running stage stands: epoch, epochs, last metrics, speed, ETA (after each epoch)."""
+        return self.path / "progress.json"
 
     @property
     def reconstruction(self) -> Path:

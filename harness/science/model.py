@@ -156,14 +156,16 @@ class Encoder(nn.Module):
             return x + self.pos_embed
         return x + sincos_pos_embed(self.embed_dim, grid, self.grid).to(x)[None]
 
-    def forward(self, imgs: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        """Last layer's output (B, N, D), normalized; with `all_layers`, every layer's [H_1 .. H_L]."""
+    def forward(self, imgs: torch.Tensor, attn_mask: torch.Tensor | None = None, all_layers: bool = False,
+                normalize: bool = True) -> torch.Tensor | list[torch.Tensor]:
+        """Last layer's output (B, N, D), through the final norm unless `normalize` is False;
+        with `all_layers`, every layer's [H_1 .. H_L]."""
         x, hidden = self.embed(imgs), []
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
             hidden.append(x)
-        hidden[-1] = self.norm(x)
+        if normalize:
+            hidden[-1] = self.norm(x)
         return hidden if all_layers else hidden[-1]
 
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -189,12 +191,18 @@ def pixel_targets(imgs: torch.Tensor, patch_size: int, norm_pix: bool = True) ->
 
 
 def normalized_pixel_loss(pred: torch.Tensor, imgs: torch.Tensor, predicted: torch.Tensor,
-                          patch_size: int, norm_pix: bool = True) -> torch.Tensor:
-    """MSE of `pred` (B, N, P*P*C) to the pixel targets, averaged over the predicted tokens
-    (`predicted`, (B, N) bool)."""
-    per_token = (pred - pixel_targets(imgs, patch_size, norm_pix)).pow(2).mean(dim=-1)
-    predicted = predicted.to(per_token.dtype)
-    return (per_token * predicted).sum() / predicted.sum()
+                          patch_size: int, norm_pix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, floor). loss: the MSE of `pred` (B, N, P*P*C) to the pixel targets, averaged over
+    the predicted tokens (`predicted`, (B, N) bool). floor: the same loss of an all-zero
+    prediction on the same tokens, the model that learned nothing (with `norm_pix`, each
+    patch's own mean). A loss that stays near its floor has learned nothing."""
+    target = pixel_targets(imgs, patch_size, norm_pix)
+    weights = predicted.float()
+    count = weights.sum()
+    loss = ((pred - target).pow(2).mean(dim=-1) * weights).sum() / count
+    with torch.no_grad():
+        floor = (target.float().pow(2).mean(dim=-1) * weights).sum() / count
+    return loss, floor
 
 
 # --------------------------------------------------------------------------- RandSAC
@@ -248,8 +256,8 @@ class RandSAC(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(x))
         return pred.masked_fill((ranks == 0).unsqueeze(-1), 0.0)
 
-    def loss(self, imgs: torch.Tensor, ranks: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
-        """Normalized-pixel loss over the predicted tokens: segments 2..S."""
+    def loss(self, imgs: torch.Tensor, ranks: torch.Tensor, norm_pix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized-pixel loss, its floor) over the predicted tokens: segments 2..S."""
         return normalized_pixel_loss(self(imgs, ranks), imgs, ranks >= 1, self.cfg.patch_size, norm_pix)
 
 
@@ -325,18 +333,23 @@ class LinearProbe(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Fine-tuning model: the whole encoder plus a linear head on average-pooled features."""
+    """MAE's fine-tuning model with global pooling: the average of the last block's tokens,
+    a fresh LayerNorm (`fc_norm`) in place of the encoder's final norm, a linear head."""
 
     def __init__(self, encoder: Encoder, num_classes: int):
         super().__init__()
         self.encoder = encoder
+        self.fc_norm = nn.LayerNorm(encoder.embed_dim)
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.features(imgs))
+        return self.head(self.fc_norm(self.encoder(imgs, normalize=False).mean(dim=1)))
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for layer-wise lr decay as MAE numbers them: embeddings 0, block i at
+        i + 1, head and fc_norm (unmatched) on top; the encoder's unused final norm joins the
+        last block."""
         return {"stem": r"^encoder\.pos_embed|^encoder\.patch_embed",
-                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm|^head", (99999,))]}
+                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))]}

@@ -20,13 +20,16 @@ def _to_normalized_tensor(info: DatasetInfo) -> list[Callable]:
     return [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
 
 
-def pretrain_transform(info: DatasetInfo, image_size: int) -> Callable:
-    """MAE pre-training augmentation: random resized crop (scale 0.2-1) + flip, no colour jitter."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), interpolation=_BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        *_to_normalized_tensor(info),
-    ])
+def pretrain_transform(info: DatasetInfo, image_size: int, crop_scale: tuple[float, float] | None = (0.2, 1.0),
+                       hflip: float = 0.5) -> Callable:
+    """MAE pre-training augmentation: random resized crop (scale 0.2-1) + flip, no colour jitter.
+    Without `crop_scale`, the whole image at `image_size` (no crop); `hflip` 0: no flip."""
+    if crop_scale is None:
+        crop = [] if image_size == info.image_size else [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
+    else:
+        crop = [transforms.RandomResizedCrop(image_size, scale=crop_scale, ratio=(3 / 4, 4 / 3), interpolation=_BICUBIC)]
+    flip = [transforms.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    return transforms.Compose([*crop, *flip, *_to_normalized_tensor(info)])
 
 
 def probe_transform(info: DatasetInfo, image_size: int) -> Callable:

@@ -1,10 +1,12 @@
 """What a stage runs with besides its own code: one bundle, the same for every stage."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -14,6 +16,7 @@ from harness.core.layout import RunFolder
 from harness.science import methods
 from harness.science.methods.base import Method
 from harness.science.model import Encoder
+from harness.stages import data
 from harness.stages.checkpoint import Checkpoint
 from harness.stages.distributed import SINGLE, Dist
 from harness.stages.engine import select_device
@@ -22,9 +25,24 @@ from harness.stages.engine import select_device
 class Tracker(Protocol):
     """Who records a stage (an MLflow run, or a test's recorder)."""
 
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop()
+
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def progress(self, progress) -> None:
+        """One line per epoch to the job's log, and the run folder's progress.json (rank 0)."""
+        if not self.dist.is_main:
+            return
+        print(progress.line(self.name or self.run.signature), flush=True)
+        self.run.progress.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run.progress.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**asdict(progress), "time": time.time()}))
+        tmp.replace(self.run.progress)
+
     def log_artifact(self, path: Path) -> None: ...
+
+    def log_input(self, name: str, digest: str, source: str, profile: dict) -> None: ...
 
 
 @dataclass
@@ -38,6 +56,8 @@ class StageContext:
     parent: RunFolder | None = None
     dist: Dist = SINGLE
     checkpoint: Checkpoint = field(default=None)  # default: the run folder's
+    name: str = ""  # what its progress lines call it, e.g. "M=2 · pretrain · s0 · table3"
+    stop: Callable[[], bool] | None = None  # asked after every step: stop there (preemption, time limit)
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
@@ -54,13 +74,33 @@ class StageContext:
     def method(self) -> Method:
         return methods.load(self.cfg.method)(self.cfg)
 
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop()
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.dist.is_main and self.tracker is not None:
             self.tracker.log(metrics, step=step)
 
+    def progress(self, progress) -> None:
+        """One line per epoch to the job's log, and the run folder's progress.json (rank 0)."""
+        if not self.dist.is_main:
+            return
+        print(progress.line(self.name or self.run.signature), flush=True)
+        self.run.progress.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run.progress.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**asdict(progress), "time": time.time()}))
+        tmp.replace(self.run.progress)
+
     def log_artifact(self, path: Path) -> None:
         if self.dist.is_main and self.tracker is not None:
             self.tracker.log_artifact(path)
+
+    def splits(self, train_transform, eval_transform):
+        """The stage's (training set, evaluation set, its split name), logged as its MLflow input."""
+        train, evaluation, split = data.splits(self.cfg, train_transform, eval_transform)
+        if self.dist.is_main and self.tracker is not None:
+            self.tracker.log_input(**data.describe(self.cfg, train, evaluation, split))
+        return train, evaluation, split
 
     def initial_encoder(self, drop_path: float = 0.0) -> Encoder:
         """The encoder an evaluation stage starts from, as its method says: the one its

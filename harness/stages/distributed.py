@@ -43,6 +43,14 @@ class Dist:
         torch_dist.all_reduce(t)
         return t.item() / self.world_size
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when any rank's flag is (a collective call with several ranks)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([float(flag)])
+        torch_dist.all_reduce(t)
+        return t.item() > 0
+
     def gather(self, obj):
         """Every rank's `obj`, on every rank (a list indexed by rank)."""
         if not self.active:

@@ -3,13 +3,16 @@
 A stage (pretrain.py, linprobe.py, finetune.py) builds a `Task` (what it trains and how it
 scores a batch) and calls `fit(ctx, task)`: the epoch loop, resumed from the stage's checkpoint,
 logging one line of metrics per epoch. The data order of epoch e is a function of (seed, e)
-alone and the RNG states are in the checkpoint, so a resumed run continues exactly. With
-several processes (`ctx.dist`) each trains on its shard and gradients are averaged.
+alone, an item's augmentation a function of (seed, e, item), and the RNG states and the position
+in the epoch are in the checkpoint, so a resumed run continues exactly, from the end of an epoch
+or from the step at which it was asked to stop. With several processes (`ctx.dist`) each trains
+on its shard and gradients are averaged.
 """
 from __future__ import annotations
 
 import math
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -20,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from harness.core import metrics as names
 from harness.core.config import OptimConfig, RunConfig
+from harness.core.errors import StageStopped
+from harness.stages.data import EpochOrder, SeededItems
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,18 +58,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
-                 drop_last: bool = True, num_workers: int = 0, rank: int = 0,
-                 world_size: int = 1) -> DataLoader:
-    """The loader of one epoch; its order and its workers' seeds depend on (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    sampler = None
-    if world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(ds, world_size, rank, shuffle=shuffle, seed=seed)
-        sampler.set_epoch(epoch)
-        shuffle = False
+                 drop_last: bool = True, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0) -> DataLoader:
+    """The loader of one epoch, from batch `start_batch` on; its order depends on (seed, epoch) only."""
     batch_size = min(batch_size, len(ds)) if drop_last else batch_size
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
-                      drop_last=drop_last, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    order = EpochOrder(len(ds), seed, epoch, shuffle, rank, world_size, start=start_batch * batch_size)
+    own = torch.Generator().manual_seed(seed * 100_003 + epoch)  # the loader's draws leave the global stream alone
+    return DataLoader(ds, batch_size=batch_size, sampler=order, drop_last=drop_last, num_workers=num_workers,
+                      generator=own, pin_memory=torch.cuda.is_available())
 
 
 def eval_loader(ds: Dataset) -> DataLoader:
@@ -131,9 +132,10 @@ def accuracy(model: torch.nn.Module, batches: Iterable, device: torch.device) ->
 @dataclass
 class Task:
     """What a stage trains: `module` (put in train mode each epoch) with its optimizer and
-    schedule on `train_set`, `loss(batch, epoch)` of one batch already on the device, what the
-    checkpoint holds (`saved`), and optionally `evaluate()` -> top-1 on the split `eval_split`
-    and `after_step(global step, total steps)` after each optimizer step (DINO's teacher)."""
+    schedule on `train_set`, `loss(batch, epoch)` of one batch already on the device (a tensor,
+    or (tensor, other values to average per epoch) such as its floor), what the checkpoint holds
+    (`saved`), and optionally `evaluate()` -> top-1 on the split `eval_split` and
+    `after_step(global step, total steps)` after each optimizer step (DINO's teacher)."""
 
     train_set: Dataset
     opt: OptimConfig
@@ -150,28 +152,37 @@ class Task:
 def fit(ctx, task: Task) -> list[dict]:
     """The epoch loop every stage shares; resumes from `ctx.checkpoint`, returns the metric history.
 
-    `ctx` is the stage's StageContext (harness.stages.context). With several ranks each trains
-    on its shard with batch_size / world_size images and gradients are averaged before a step.
+    `ctx` is the stage's StageContext (harness.stages.context). Every epoch logs the mean loss
+    (and of every other value the loss returns), `loss_ratio` = loss / loss_floor where the
+    loss has a floor, and the lr. With several ranks each trains on its shard with batch_size /
+    world_size images and gradients are averaged before a step.
     """
     dist, opt_cfg, device = ctx.dist, task.opt, ctx.device
     if opt_cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {opt_cfg.batch_size} does not split over {dist.world_size} processes")
     rank_batch = opt_cfg.batch_size // dist.world_size
-    start, history = ctx.checkpoint.resume(dist, **task.saved)
-    if start:
-        ctx.log({names.RESUMED_AT_EPOCH: start}, step=start)
-    if dist.active and not start:  # one random stream per rank (augmentations, serializations)
-        seed_everything(ctx.cfg.seed * 7919 + dist.rank)
+    start, history, position = ctx.checkpoint.resume(dist, **task.saved)
     per_epoch = steps_per_epoch(len(task.train_set), opt_cfg.batch_size)
+    if start or position:
+        ctx.log({names.RESUMED_AT_EPOCH: start + position["step"] / per_epoch if position else start}, step=start)
+    if dist.active and not (start or position):  # one random stream per rank (serializations, masks)
+        seed_everything(ctx.cfg.seed * 7919 + dist.rank)
+    train_set = SeededItems(task.train_set, ctx.cfg.seed * 7919 + dist.rank)
+    started = time.perf_counter()
     for epoch in range(start, opt_cfg.epochs):
+        epoch_start = time.perf_counter()
         task.module.train()
-        total, count = 0.0, 0
-        loader = epoch_loader(task.train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
-                              rank=dist.rank, world_size=dist.world_size)
-        for step, batch in enumerate(loader):
+        first = position["step"] if position and epoch == start else 0
+        sums: dict[str, float] = dict(position["sums"]) if first else {}
+        count = first
+        train_set.set_epoch(epoch)
+        loader = epoch_loader(train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
+                              rank=dist.rank, world_size=dist.world_size, start_batch=first)
+        for step, batch in enumerate(loader, start=first):
             batch = to_device(batch, device)
             with autocast(device):
                 loss = task.loss(batch, epoch)
+            loss, extras = loss if isinstance(loss, tuple) else (loss, {})
             check_finite(loss, epoch, step)
             task.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,14 +192,44 @@ def fit(ctx, task: Task) -> list[dict]:
             task.schedule.step()
             if task.after_step is not None:
                 task.after_step(epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
-            total, count = total + loss.item(), count + 1
-        metrics = {names.LOSS: dist.mean(total / count), names.LR: max(g["lr"] for g in task.optimizer.param_groups)}
+            for key, value in {names.LOSS: loss, **extras}.items():
+                sums[key] = sums.get(key, 0.0) + value.item()
+            count += 1
+            if dist.any(ctx.stop_requested()):  # preemption, a time limit: keep this step, then stop
+                ctx.checkpoint.save(epoch, history, dist, position={"step": count, "sums": sums}, **task.saved)
+                raise StageStopped(f"stopped on request at epoch {epoch}, step {count}/{per_epoch}; "
+                                   f"checkpoint {ctx.checkpoint.path} continues from there")
+        metrics = {key: dist.mean(total / count) for key, total in sums.items()}
+        if names.LOSS_FLOOR in metrics:
+            metrics[names.LOSS_RATIO] = metrics[names.LOSS] / metrics[names.LOSS_FLOOR]
+        metrics[names.LR] = max(g["lr"] for g in task.optimizer.param_groups)
         if task.evaluate is not None:
             metrics[names.acc1(task.eval_split)] = task.evaluate()
         history.append(metrics)
         ctx.log(metrics, step=epoch)
         ctx.checkpoint.save(epoch + 1, history, dist, **task.saved)
+        now = time.perf_counter()
+        done_here = epoch + 1 - start - (first / per_epoch if epoch == start else 0)
+        ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, (count - first) * opt_cfg.batch_size / (now - epoch_start),
+                              now - started, (now - started) / done_here * (opt_cfg.epochs - epoch - 1)))
     return history
+
+
+@dataclass
+class Progress:
+    """Where a stage stands after an epoch: what its progress line and `progress.json` say."""
+
+    epoch: int  # epochs done
+    epochs: int
+    metrics: dict[str, float]
+    images_per_s: float  # training images of the last epoch (all ranks), evaluation included in the time
+    elapsed_s: float  # since this attempt started
+    eta_s: float
+
+    def line(self, name: str) -> str:
+        shown = [f"{k} {v:.4g}" for k, v in self.metrics.items() if k != names.LR]
+        return (f"[{name}] epoch {self.epoch}/{self.epochs}  {'  '.join(shown)}  lr {self.metrics[names.LR]:.2e}  "
+                f"{self.images_per_s:.0f} img/s  elapsed {names.hms(self.elapsed_s)}  ETA {names.hms(self.eta_s)}")
 
 
 def final_accuracy(history: list[dict], split: str) -> dict[str, float]:

@@ -16,7 +16,6 @@ from harness.science.model import Classifier
 from harness.science.transforms import eval_transform, finetune_transform
 from harness.stages import engine
 from harness.stages.context import StageContext
-from harness.stages.data import splits
 
 
 def criterion_and_mixup(opt_cfg: FinetuneConfig, num_classes: int):
@@ -35,7 +34,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     info, size, opt_cfg = ctx.info, cfg.eval_size, cfg.finetune
     model = Classifier(ctx.initial_encoder(drop_path=opt_cfg.drop_path), info.num_classes).to(device)
     train_tf = finetune_transform(info, size, opt_cfg.rand_augment, opt_cfg.crop_scale, opt_cfg.hflip)
-    train, test, split = splits(cfg, train_tf, eval_transform(info, size))
+    train, test, split = ctx.splits(train_tf, eval_transform(info, size))
     criterion, mixup = criterion_and_mixup(opt_cfg, info.num_classes)
     optimizer, schedule = engine.optimizer_and_schedule(model, opt_cfg, len(train), layer_decay=opt_cfg.layer_decay)
 

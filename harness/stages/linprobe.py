@@ -15,7 +15,6 @@ from harness.science.model import Encoder, LinearProbe
 from harness.science.transforms import eval_transform, probe_transform
 from harness.stages import engine
 from harness.stages.context import StageContext
-from harness.stages.data import splits
 
 
 @torch.no_grad()
@@ -35,7 +34,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     info, size, opt_cfg = ctx.info, cfg.eval_size, cfg.linprobe
     probe = LinearProbe(ctx.initial_encoder(), info.num_classes).to(device)
     train_tf = probe_transform(info, size) if opt_cfg.augment else eval_transform(info, size)
-    train, test, split = splits(cfg, train_tf, eval_transform(info, size))
+    train, test, split = ctx.splits(train_tf, eval_transform(info, size))
     model: torch.nn.Module = probe
     if not opt_cfg.augment:  # frozen encoder and fixed views: compute the features once
         train, test = extract(probe.encoder, train, device), extract(probe.encoder, test, device)

@@ -10,14 +10,14 @@ from harness.core import metrics as names
 from harness.stages import engine
 from harness.stages.checkpoint import atomic_save
 from harness.stages.context import StageContext
-from harness.stages.data import sample_images, splits
+from harness.stages.data import sample_images
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.cfg
     engine.seed_everything(cfg.seed)
     method = ctx.method()
-    train, _, _ = splits(cfg, method.transform(), None)
+    train, _, _ = ctx.splits(method.transform(), None)
     model = method.build().to(ctx.device)
     optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train))
     history = engine.fit(ctx, engine.Task(
@@ -30,4 +30,4 @@ def run(ctx: StageContext) -> dict[str, float]:
         if picture is not None:
             ctx.log_artifact(picture)
     ctx.dist.barrier()
-    return {names.LOSS: history[-1][names.LOSS]}
+    return {k: v for k, v in history[-1].items() if k in (names.LOSS, names.LOSS_FLOOR, names.LOSS_RATIO)}

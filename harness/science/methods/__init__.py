@@ -1,6 +1,7 @@
 """Methods, one file each, and their registry; a run is the signature of what its method reads.
 
-RandSAC and Table 7's baselines (MAE, DINO, supervised). A method's file holds its `Method`
+RandSAC, Table 7's baselines (MAE, DINO, supervised) and the random-init control every table
+carries. A method's file holds its `Method`
 class: how it pre-trains (model, augmentation, loss, after-step hook) and where its evaluation
 stages get their encoder. This registry holds what planning needs without importing torch:
 the stage runs of a cell of the method and the config sections its pre-training signature
@@ -37,7 +38,11 @@ REGISTRY: dict[str, Spec] = {
     "mae": Spec(STAGES),
     "dino": Spec(STAGES, hashes=("dino",)),
     "supervised": Spec(("finetune",)),  # the fine-tuning recipe from random initialisation
+    "random_init": Spec(("linprobe", "finetune")),  # the control: a random encoder probed and fine-tuned
 }
+CONTROL = "random_init"
+# What an evaluation from random initialisation depends on: the encoder, not the decoder.
+ENCODER_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def spec(name: str) -> Spec:
@@ -70,9 +75,9 @@ def stage_config(cfg: RunConfig, stage: str) -> dict[str, Any]:
     if stage == "pretrain":
         keys = ("method", "data", "model", "pretrain", *method.hashes, "seed")
         return {"stage": stage, **{k: full[k] for k in keys}}
-    if not method.pretrains:  # evaluated from random initialisation
-        return {"stage": stage, "method": cfg.method, "parent": None, "data": full["data"],
-                "model": full["model"], stage: full[stage], "seed": full["seed"]}
+    if not method.pretrains:  # from random initialisation: the supervised baseline is the control's run
+        return {"stage": stage, "init": "random", "parent": None, "data": full["data"],
+                "model": {k: full["model"][k] for k in ENCODER_FIELDS}, stage: full[stage], "seed": full["seed"]}
     return {"stage": stage, "parent": signature(cfg, "pretrain"), "data": full["data"],
             stage: full[stage], "seed": full["seed"]}
 

@@ -29,11 +29,13 @@ class Method:
         raise ValueError(f"method {self.cfg.method} has no pre-training stage")
 
     def transform(self) -> Callable:
-        """MAE's pre-training augmentation (random resized crop 0.2-1 + flip)."""
-        return pretrain_transform(self.info, self.cfg.data.image_size)
+        """MAE's pre-training augmentation (random resized crop + flip, as `pretrain` says)."""
+        pre = self.cfg.pretrain
+        return pretrain_transform(self.info, self.cfg.data.image_size, pre.crop_scale, pre.hflip)
 
-    def loss(self, batch: Any, epoch: int) -> torch.Tensor:
-        """The loss of one training batch (already on the device)."""
+    def loss(self, batch: Any, epoch: int) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one training batch (already on the device), optionally with other
+        per-batch values to average over the epoch (e.g. its floor, `loss_floor`)."""
         raise ValueError(f"method {self.cfg.method} has no pre-training stage")
 
     def after_step(self, step: int, total_steps: int) -> None:

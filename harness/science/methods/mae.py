@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from harness.core import metrics as names
 from harness.core.config import ModelConfig
 from harness.science.methods.base import Method as Base
 from harness.science.model import Encoder, init_weights, normalized_pixel_loss, sincos_pos_embed
@@ -56,7 +57,8 @@ class MAE(nn.Module):
         x, restore = self.forward_encoder(imgs)
         return self.forward_decoder(x, restore), restore >= x.shape[1]
 
-    def loss(self, imgs: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    def loss(self, imgs: torch.Tensor, norm_pix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized-pixel loss, its floor) on the masked tokens."""
         pred, masked = self(imgs)
         return normalized_pixel_loss(pred, imgs, masked, self.cfg.patch_size, norm_pix)
 
@@ -66,6 +68,7 @@ class Method(Base):
         self.model = MAE(self.cfg.model, self.cfg.data.image_size, self.info.channels, self.cfg.pretrain.mask_ratio)
         return self.model
 
-    def loss(self, batch, epoch: int) -> torch.Tensor:
+    def loss(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         imgs, _labels = batch
-        return self.model.loss(imgs, self.cfg.pretrain.norm_pix_loss)
+        loss, floor = self.model.loss(imgs, self.cfg.pretrain.norm_pix_loss)
+        return loss, {names.LOSS_FLOOR: floor}

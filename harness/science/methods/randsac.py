@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core import metrics as names
 from harness.science.methods.base import Method as Base
 from harness.science.model import RandSAC, patchify, randsac, unpatchify
 from harness.science.pictures import reconstruction_figure
@@ -25,10 +26,11 @@ class Method(Base):
         self.model = randsac(self.cfg.model, self.cfg.data.image_size, self.info.channels)
         return self.model
 
-    def loss(self, batch, epoch: int) -> torch.Tensor:
+    def loss(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         imgs, _labels = batch
         ranks = self.serializer(imgs.shape[0]).to(imgs.device)
-        return self.model.loss(imgs, ranks, self.cfg.pretrain.norm_pix_loss)
+        loss, floor = self.model.loss(imgs, ranks, self.cfg.pretrain.norm_pix_loss)
+        return loss, {names.LOSS_FLOOR: floor}
 
     @torch.no_grad()
     def reconstruction(self, imgs: torch.Tensor, out: Path) -> Path:

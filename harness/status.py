@@ -1,0 +1,126 @@
+"""Where every run of a target stands, one line each:
+
+    python -m harness.status table3                      # the local profile's settings
+    python -m harness.status all --profile slurm --config scale=tiny
+
+done (its results) / running (epoch k/n, ETA) / queued (Slurm job id and reason) / failed (its
+last error line) / stopped (its job ended without a result) / not started; read from the run
+folders, MLflow and Slurm. Takes the same targets, profile and --config as Snakemake.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness import slurm
+from harness.core.layout import RunFolder
+from harness.core.metrics import hms
+from harness.studies import ROOT, ConfigError, StageRun
+from harness.workflow import Plan
+
+
+
+@dataclass
+class Status:
+    state: str  # done | running | queued | failed | stopped | not started
+    detail: str = ""
+
+
+def last_error(run: RunFolder) -> str:
+    """The last line of the newest job log that names an error, if any."""
+    logs = sorted(run.submitit.glob("*/*_log.err"), key=lambda p: p.stat().st_mtime)
+    for log in reversed(logs):
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error:" in ln or "Exception" in ln or "CANCELLED" in ln]
+        if errors:
+            return errors[-1][:200]
+    return ""
+
+
+def local_job_alive(job_id: str) -> bool:
+    """submitit's local jobs are processes: their id is the pid."""
+    try:
+        os.kill(int(job_id), 0)
+        return True
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
+def progress(run: RunFolder) -> str:
+    if not run.progress.exists():
+        return "starting"
+    p = json.loads(run.progress.read_text())
+    age = time.time() - p["time"]
+    return (f"epoch {p['epoch']}/{p['epochs']}, {p['images_per_s']:.0f} img/s, ETA {hms(max(0.0, p['eta_s'] - age))}"
+            f" (updated {hms(age)} ago)")
+
+
+def status(run: RunFolder, stage: str) -> Status:
+    if run.result(stage).exists():
+        metrics = json.loads(run.result(stage).read_text())["metrics"]
+        return Status("done", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if not run.job.exists():
+        return Status("not started")
+    job = json.loads(run.job.read_text())
+    if job["cluster"] == "slurm":
+        live = slurm.queue_state(str(job["job_id"]))
+        if live and live[0] in slurm.WAITING:
+            return Status("queued", f"Slurm job {job['job_id']} {live[0]}, reason {live[1]}")
+        if live:
+            return Status("running", f"Slurm job {job['job_id']}: {progress(run)}")
+    elif local_job_alive(str(job["job_id"])):
+        return Status("running", f"local job {job['job_id']}: {progress(run)}")
+    error = last_error(run)
+    return Status("failed", error) if error else Status("stopped", f"job {job['job_id']} ended without a result")
+
+
+def line(sig: str, run: StageRun, st: Status) -> str:
+    cell = run.cells[0]
+    name = f"{cell.study} · {cell.setting} · s{cell.seed} · {run.stage}"
+    return f"{st.state:<12} {name:<48} {sig}  {st.detail}".rstrip()
+
+
+def profile_config(profile: str) -> dict:
+    """The harness settings of a Snakemake profile (its configfile)."""
+    folder = ROOT / "profiles" / profile
+    snake = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    configfile = ROOT / snake.get("configfile", f"profiles/{profile}/harness.yaml")
+    return yaml.safe_load(configfile.read_text()) or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from snakemake.cli import parse_config
+
+    from harness.core.config import deep_merge
+
+    ap = argparse.ArgumentParser(prog="python -m harness.status", description=__doc__.splitlines()[0])
+    ap.add_argument("targets", nargs="*", default=["all"], help="all, table1 ... table10")
+    ap.add_argument("--profile", default="local", help="local or slurm (its harness settings)")
+    ap.add_argument("--config", nargs="*", default=[], help="the same KEY=VALUE overrides as Snakemake's")
+    ap.add_argument("--directory", type=Path, default=Path("."), help="where results/ is (Snakemake's --directory)")
+    args = ap.parse_args(argv)
+    try:
+        config = deep_merge(profile_config(args.profile), parse_config(args.config))
+        os.chdir(args.directory)
+        plan = Plan.from_snakemake_config(config, args.targets)
+    except (ConfigError, OSError) as err:
+        print(f"randsac-harness: error: {err}", file=sys.stderr)
+        return 1
+    counts: dict[str, int] = {}
+    for sig, run in plan.runs.items():  # in study, cell, stage order
+        st = status(plan.results.run(sig), run.stage)
+        counts[st.state] = counts.get(st.state, 0) + 1
+        print(line(sig, run, st))
+    print(f"[harness] {len(plan.runs)} runs at scale {plan.scale}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
