@@ -35,9 +35,11 @@ for _study in PLAN.studies:
         name: _study.name
         input: lambda wc, s=_study: PLAN.table_inputs(s), PLAN.studies_dir / f"{_study.name}.yaml"
         output: PLAN.table_files(_study)
-        params: args=PLAN.table_args(_study)
+        params:
+            args=PLAN.table_args(_study),
+            store=lambda wc, output: PLAN.store_args(),  # derived (see below): a moved results/ redoes nothing
         localrule: True
-        shell: "{PY} -m harness.tables {params.args}"
+        shell: "{PY} -m harness.tables {params.args} {params.store}"
 
 
 # One rule per stage. A stage job runs harness.launch, which submits the run through submitit

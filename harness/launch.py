@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,7 +70,8 @@ class StageJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         requeue = signal.getsignal(env._usr_sig())  # submitit's: checkpoint the callable, requeue, exit
         asked: list[int] = []
-        for signum in {signal.SIGTERM, env._usr_sig()}:
+        stop_signals = {signal.SIGTERM, env._usr_sig()} | ({signal.SIGINT} if env.cluster == "local" else set())
+        for signum in stop_signals:  # SIGINT: Ctrl-C on a local workflow
             signal.signal(signum, lambda signum, _frame: asked.append(signum))
         dist = distributed.setup()
         parent = results.run(self.parent) if self.parent else None
@@ -79,6 +81,9 @@ class StageJob(submitit.helpers.Checkpointable):
                                 stop=lambda: bool(asked))
         except StageStopped as stopped:
             print(f"[harness] {stopped}", flush=True)
+            if env.cluster == "slurm" and slurm.final_state(os.environ.get("SLURM_JOB_ID", "")).startswith("CANCELLED"):
+                print("[harness] the job was cancelled (scancel): not requeued", flush=True)  # the user's word
+                raise
             if env.cluster == "slurm" and callable(requeue):
                 try:
                     requeue(asked[0], None)  # checkpoints this callable, requeues the job, exits
@@ -88,6 +93,21 @@ class StageJob(submitit.helpers.Checkpointable):
             raise
         distributed.teardown(dist)
         return metrics
+
+
+def stop_local_job(job: submitit.Job, grace_s: float = 300.0) -> None:
+    """Stop a local job the way Slurm stops one: SIGTERM to its controller (the job id is its
+    pid), which forwards it to the tasks; they checkpoint their current step and exit. Waits for
+    that (reaping the process), and cancels the job if it outlives `grace_s`."""
+    try:
+        os.kill(int(job.job_id), signal.SIGTERM)
+    except (ProcessLookupError, ValueError):
+        return
+    deadline = time.time() + grace_s
+    while not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    if not job.done():
+        job.cancel(check=False)
 
 
 def make_executor(executor: ExecutorConfig, folder: Path) -> submitit.Executor:
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(logs: {job.paths.stdout})", flush=True)
     if executor.kind == "local":  # a stopped workflow stops its local jobs (Slurm jobs go on)
         def stop(signum, _frame):
-            job.cancel(check=False)
+            stop_local_job(job)
             sys.exit(128 + signum)
 
         signal.signal(signal.SIGTERM, stop)

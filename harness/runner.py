@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import importlib
 import json
+import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,10 +66,12 @@ def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags:
 
 
 @contextmanager
-def system_metrics(store: Store, run_id: str, interval_s: float = 10.0):
-    """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py sees one)."""
+def system_metrics(store: Store, run_id: str):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py sees one),
+    sampled every 10 s or every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    interval_s = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))
     monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=store.uri)
     monitor.start()
     try:

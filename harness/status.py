@@ -45,12 +45,14 @@ def last_error(run: RunFolder) -> str:
 
 
 def local_job_alive(job_id: str) -> bool:
-    """submitit's local jobs are processes: their id is the pid."""
+    """submitit's local jobs are processes: their id is the pid (a zombie, ended but not yet
+    reaped by its parent, is not alive)."""
     try:
         os.kill(int(job_id), 0)
-        return True
     except (ValueError, ProcessLookupError, PermissionError):
         return False
+    stat = Path(f"/proc/{int(job_id)}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def progress(run: RunFolder) -> str:

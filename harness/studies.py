@@ -175,8 +175,8 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
 def control_cells(cells: list[Cell]) -> list[Cell]:
     """The random-init controls of one dataset's cells: a randomly initialised encoder of the
     cells' architecture, probed and fine-tuned with their recipes. One control per distinct
-    (encoder, data, recipes): "random init", or "random init (<first setting>)" when the cells
-    differ in what the control depends on (Table 9's patch sizes)."""
+    (encoder, data, recipes): "random init", or "random init (<first cell's short name>)" when
+    the cells differ in what the control depends on (Table 9: "random init (P=2)")."""
     groups: dict[tuple[str, str], list[RunConfig]] = {}
     first: dict[tuple[str, str], Cell] = {}
     for cell in cells:
@@ -189,9 +189,8 @@ def control_cells(cells: list[Cell]) -> list[Cell]:
     out = []
     for key, configs in groups.items():
         one = len(groups) == 1
-        setting = CONTROL_SETTING if one else f"{CONTROL_SETTING} ({first[key].setting})"
-        short = CONTROL_SETTING if one else f"{CONTROL_SETTING} ({first[key].short})"
-        out += [Cell(cells[0].study, cells[0].dataset, setting, c.seed, c, control=True, short=short) for c in configs]
+        setting = CONTROL_SETTING if one else f"{CONTROL_SETTING} ({first[key].short})"
+        out += [Cell(cells[0].study, cells[0].dataset, setting, c.seed, c, control=True, short=setting) for c in configs]
     return out
 
 

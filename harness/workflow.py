@@ -182,10 +182,15 @@ class Plan:
 
     def table_args(self, study: Study) -> str:
         args = [study.name, "--scale", self.scale, "--overrides", self.overrides_json,
-                "--results", str(self.results.root), "--tracking-uri", self.store.uri]
+                "--results", str(self.results.root)]
         if self.cells.seeds is not None:
             args += ["--seeds", ",".join(map(str, self.cells.seeds))]
         return shlex.join(args + ([] if self.cells.controls else ["--no-controls"]))
+
+    def store_args(self) -> str:
+        """Where the table reads its runs: not part of what the table is (a copied results/
+        folder, or another tracking server, does not make it a new table)."""
+        return shlex.join(["--tracking-uri", self.store.uri])
 
     def _run(self, sig: str, stage: str):
         run = self.runs.get(sig)

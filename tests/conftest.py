@@ -150,6 +150,7 @@ def table3_tiny(tmp_path_factory):
     for every test that reads it (they must not change it): (working directory, Snakemake's output)."""
     workdir = tmp_path_factory.mktemp("table3-tiny")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # tiny runs last seconds: sample every second
     out = run_snakemake(workdir, "table3", "--config", "scale=tiny", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return workdir, out

@@ -24,9 +24,9 @@ CHILD = textwrap.dedent("""
     engine.set_threads(2)
     if os.environ.get("SLOW_CHECKPOINT_RENAME"):  # widen the window between write and rename,
         real_replace, calls = checkpoint.os.replace, []  # from the second checkpoint on
-        def slow_replace(a, b):
-            calls.append(b)
-            if len(calls) > 1:
+        def slow_replace(a, b):  # (os.replace itself: progress.json is renamed too)
+            calls.extend([b] if Path(b).name == "checkpoint.pt" else [])
+            if len(calls) > 1 and Path(b).name == "checkpoint.pt":
                 print("renaming", flush=True)
                 time.sleep(float(os.environ["SLOW_CHECKPOINT_RENAME"]))
             real_replace(a, b)

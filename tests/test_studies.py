@@ -164,7 +164,7 @@ def test_control_signatures_are_shared_across_tables():
     assert t7.signature("finetune") == supervised.signature("finetune")
     assert t7.signature("finetune") != controls("table3")[0].signature("finetune")  # ViT-S/4, not ViT-Tiny
     t9 = controls("table9")
-    assert [c.setting for c in t9] == [f"random init (patch-random P={p})" for p in (2, 4, 8)]
+    assert [c.setting for c in t9] == [f"random init (P={p})" for p in (2, 4, 8)]
     assert len({c.signature("linprobe") for c in t9}) == 3
     assert t9[1].signature("linprobe") == controls("table3")[0].signature("linprobe")  # P=4 is Table 3's encoder
     assert len(controls("table10")) == 1

@@ -76,7 +76,7 @@ def check_search(tmp_path, summary):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
     assert len(runs) == 2 * len(trials) and all(r.data.tags["tune"] == "search" for r in runs)
-    assert all("final_val_acc1" in r.data.metrics for r in runs if r.data.tags["stage"] == "linprobe")
+    assert all("linprobe/final_val_acc1" in r.data.metrics for r in runs if r.data.tags["stage"] == "linprobe")
 
 
 @pytest.mark.integration

@@ -13,7 +13,7 @@ def test_dry_run_lists_exactly_the_table3_jobs(tmp_path, snakemake, job_counts):
 
 
 @pytest.mark.parametrize("args,message", [  # the rest of bad input is tested in process (test_config)
-    (["table5", "--config", "scale=tiny", "segments={count: 65}"], "K=65 is larger than the 64 tokens"),
+    (["table10", "--config", "scale=tiny", "segments={count: 65}"], "K=65 is larger than the 64 tokens"),
     (["table3", "--config", "scale=tiny", "segments={size: 2}"], "override segments.size sets what table3 varies"),
     (["table99", "--config", "scale=tiny"], "unknown target 'table99'; targets are all, table1"),
 ])
@@ -121,7 +121,7 @@ def test_all_tables_end_to_end_at_tiny_scale(tmp_path, monkeypatch, snakemake):
     tables = tmp_path / "results" / "tables"
     for i in range(1, 11):
         md = (tables / f"table{i}.md").read_text()
-        assert md.startswith(f"Table {i}:") and "Not comparable with the paper: scale `tiny`" in md
+        assert md.startswith(f"**Table {i}.**") and "Not comparable with the paper: scale `tiny`" in md
         long = pd.read_csv(tables / f"table{i}.csv")
         ran = long[long["source"] == "this run"]
         assert len(ran) and (ran["n"] == ran["seeds"]).all(), f"table{i} has missing cells"
