@@ -191,3 +191,20 @@ def test_tables_show_the_control_and_mark_pretraining_that_did_not_learn():
 
     assert any("pre-training did not learn (loss ≥ 0.9 × floor" in n for n in notes(long))
     assert not any("did not learn" in n for n in notes(collect(study, "tiny", {}, runs[runs.ratio != 0.95])))
+
+
+def test_file_targets_plan_only_the_studies_they_belong_to():
+    """A run's result file as the target: only the tables holding that run are planned, so an
+    override another table varies (K, for Table 5) is not refused; an unknown run is one line."""
+    from harness.studies import ConfigError
+    from harness.workflow import CellOptions, studies_of_files
+
+    overrides = {"segments": {"count": 9}}
+    with pytest.raises(ConfigError, match="sets what table5 varies"):
+        plan([load_study("table5")], "tiny", overrides)
+    runs = plan([load_study("table10")], "tiny", overrides)
+    sig = next(s for s, r in runs.items() if r.stage == "pretrain")
+    assert studies_of_files([f"results/runs/{sig}/pretrain.json"], "tiny", overrides, CellOptions()) == ["table10"]
+    assert studies_of_files(["results/tables/table3.md"], "tiny", {}, CellOptions()) == ["table3"]
+    with pytest.raises(ConfigError, match="no study plans 000000000000 at scale tiny"):
+        studies_of_files(["results/runs/000000000000/pretrain.json"], "tiny", {}, CellOptions())
