@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = job.results()[0]  # rank 0's (one result per task)
     except Exception as err:  # the job's own traceback is in its submitit logs
         ended = slurm.final_state(job.job_id) if executor.kind == "slurm" else "FAILED"
-        reason = (f"Slurm job {job.job_id} {ended}" if executor.kind == "slurm" else
+        settled = executor.kind == "slurm" and ended not in ("RUNNING", "COMPLETING", "PENDING", "UNKNOWN")
+        reason = (f"Slurm job {job.job_id} {ended}" if settled else  # else: the job's own last error line
                   f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")[:500]
         if isinstance(err, Unservable):
             reason = str(err)

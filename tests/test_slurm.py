@@ -99,9 +99,11 @@ def test_a_preempted_or_timed_out_stage_resumes_from_its_step(tmp_path, monkeypa
     """A real Slurm fault mid-epoch: the job checkpoints at its next step and is requeued; it ends
     with the losses of an uninterrupted run, and sacct shows the requeue."""
     long = fault == "time limit"
+    # time limit: 1 min per attempt, the signal 30 s before it; on a loaded machine an attempt's
+    # start-up eats most of that, so allow many requeues
     cmd, run, cfg = launcher(tmp_path, monkeypatch, {"cpus_per_task": 2, "timeout_min": 1 if long else 20,
-                                                     "signal_delay_s": 30},
-                             {"pretrain": {"epochs": 30 if long else 8}, "data": {"train_subset": 1024}})
+                                                     "signal_delay_s": 30, "max_num_timeout": 40},
+                             {"pretrain": {"epochs": 20 if long else 8}, "data": {"train_subset": 1024}})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job_id = job_id_once_it_trains(run, proc)
     if fault == "scontrol requeue":
