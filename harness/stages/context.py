@@ -25,20 +25,7 @@ from harness.stages.engine import select_device
 class Tracker(Protocol):
     """Who records a stage (an MLflow run, or a test's recorder)."""
 
-    def stop_requested(self) -> bool:
-        return self.stop is not None and self.stop()
-
     def log(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def progress(self, progress) -> None:
-        """One line per epoch to the job's log, and the run folder's progress.json (rank 0)."""
-        if not self.dist.is_main:
-            return
-        print(progress.line(self.name or self.run.signature), flush=True)
-        self.run.progress.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.run.progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**asdict(progress), "time": time.time()}))
-        tmp.replace(self.run.progress)
 
     def log_artifact(self, path: Path) -> None: ...
 
