@@ -83,8 +83,7 @@ class StageJob(submitit.helpers.Checkpointable):
             print(f"[harness] {stopped}", flush=True)
             if env.cluster == "slurm" and slurm.final_state(os.environ.get("SLURM_JOB_ID", "")).startswith("CANCELLED"):
                 print("[harness] the job was cancelled (scancel): not requeued", flush=True)  # the user's word
-                raise
-            if env.cluster == "slurm" and callable(requeue):
+            elif env.cluster == "slurm" and callable(requeue):
                 try:
                     requeue(asked[0], None)  # checkpoints this callable, requeues the job, exits
                 except subprocess.CalledProcessError:  # `scontrol requeue` is already under way
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = job.results()[0]  # rank 0's (one result per task)
     except Exception as err:  # the job's own traceback is in its submitit logs
         ended = slurm.final_state(job.job_id) if executor.kind == "slurm" else "FAILED"
-        settled = executor.kind == "slurm" and ended not in ("RUNNING", "COMPLETING", "PENDING", "UNKNOWN")
+        settled = executor.kind == "slurm" and ended not in slurm.LIVE | {"UNKNOWN"}
         reason = (f"Slurm job {job.job_id} {ended}" if settled else  # else: the job's own last error line
                   f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")[:500]
         if isinstance(err, Unservable):
