@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from harness.core import metrics as names
 from harness.core.config import OptimConfig, RunConfig
@@ -167,7 +167,9 @@ def fit(ctx, task: Task) -> list[dict]:
         ctx.log({names.RESUMED_AT_EPOCH: start + position["step"] / per_epoch if position else start}, step=start)
     if dist.active and not (start or position):  # one random stream per rank (serializations, masks)
         seed_everything(ctx.cfg.seed * 7919 + dist.rank)
-    train_set = SeededItems(task.train_set, ctx.cfg.seed * 7919 + dist.rank)
+    train_set = task.train_set  # a TensorDataset's items are fixed tensors (cached features): nothing to seed
+    if not isinstance(train_set, TensorDataset):
+        train_set = SeededItems(train_set, ctx.cfg.seed * 7919 + dist.rank)
     started = time.perf_counter()
     for epoch in range(start, opt_cfg.epochs):
         epoch_start = time.perf_counter()
@@ -175,7 +177,8 @@ def fit(ctx, task: Task) -> list[dict]:
         first = position["step"] if position and epoch == start else 0
         sums: dict[str, float] = dict(position["sums"]) if first else {}
         count = first
-        train_set.set_epoch(epoch)
+        if isinstance(train_set, SeededItems):
+            train_set.set_epoch(epoch)
         loader = epoch_loader(train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
                               rank=dist.rank, world_size=dist.world_size, start_batch=first)
         for step, batch in enumerate(loader, start=first):
