@@ -125,7 +125,7 @@ def test_captions_name_what_the_cells_ran():
 
     assert "patch 2/4/8" in cap("table9", "tiny")  # the swept setting lists its values
     assert "patch 1/4)" in cap("table1", "smoke") and "(16×16)" in cap("table1", "smoke")
-    assert "patch 4)" in cap("table3", "smoke") and "pre-training 8 epochs" in cap("table3", "smoke")
+    assert "patch 4)" in cap("table3", "smoke") and "pre-training 10 epochs" in cap("table3", "smoke")
     assert "(32×32, evaluated at 40×40)" in cap("table8", "smoke")
     paper6 = cap("table6", "paper")  # CIFAR10 with ViT-Tiny/4 beside ImageNet100 with ViT-Small/16
     assert "dataset cifar10/imagenet100 (32×32/256×256)" in paper6 and "patch 4/16" in paper6
