@@ -94,17 +94,18 @@ def test_pretraining_logs_its_floor_and_ratio_every_epoch(tmp_path, tiny_cfg, re
     assert final == {k: rec.logged[-1][1][k] for k in ("loss", "loss_floor", "loss_ratio")}
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_a_stop_mid_epoch_continues_from_that_step_exactly(tmp_path, stage, tiny_cfg, recorder, run_stage_here):
+@pytest.mark.parametrize("stage,on_device", [("pretrain", False), ("pretrain", True), ("finetune", False)])
+def test_a_stop_mid_epoch_continues_from_that_step_exactly(tmp_path, stage, on_device, tiny_cfg, recorder,
+                                                           run_stage_here):
     """Asked to stop (preemption, a time limit) after step 2 of epoch 1 (4 steps an epoch): the
     stage checkpoints that step and stops; run again, it continues from there and ends as if
-    never stopped."""
+    never stopped. `on_device`: pre-training's images kept and augmented on the device."""
     from harness.core.errors import StageStopped
     from harness.core.layout import RunFolder
     from harness.runner import stage_module
     from harness.stages.context import StageContext
 
-    cfg = tiny_cfg(**{"finetune.epochs": 3})
+    cfg = tiny_cfg(**{"finetune.epochs": 3, "data.on_device": on_device})
     parent = None
     if stage != "pretrain":
         parent = RunFolder(tmp_path / "parent")

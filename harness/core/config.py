@@ -36,6 +36,16 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(None, gt=0)
     validation: float | None = Field(None, gt=0, lt=1)  # hold out this share of train; evaluate there
     num_workers: int = Field(0, ge=0)  # runtime
+    # runtime: pre-training's images and augmentation on the device (harness.stages.device_data);
+    # None: on CUDA, for the datasets that fit there (mnist5k, CIFAR)
+    on_device: bool | None = None
+
+    @model_validator(mode="after")
+    def _fits_on_device(self) -> "DataConfig":
+        if self.on_device and self.name.startswith("imagenet"):
+            raise ValueError(f"data.on_device=true: {self.name} does not fit on the device as one tensor "
+                             f"(it works for mnist5k, cifar10, cifar100); leave it unset")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -214,7 +224,7 @@ class RunConfig(_Strict):
 
 
 # Fields that say where or how a run executes, not what it computes: kept out of signatures.
-RUNTIME_FIELDS = {"data": {"root", "num_workers"}, "device": True}
+RUNTIME_FIELDS = {"data": {"root", "num_workers", "on_device"}, "device": True}
 
 
 # --------------------------------------------------------------------------- merging

@@ -3,7 +3,8 @@
 A stage (pretrain.py, linprobe.py, finetune.py) builds a `Task` (what it trains and how it
 scores a batch) and calls `fit(ctx, task)`: the epoch loop, resumed from the stage's checkpoint,
 logging one line of metrics per epoch. The data order of epoch e is a function of (seed, e)
-alone, an item's augmentation a function of (seed, e, item), and the RNG states and the position
+alone, an item's augmentation a function of (seed, e, item) (of (seed, e, step) for a training set
+kept on the device, harness.stages.device_data), and the RNG states and the position
 in the epoch are in the checkpoint, so a resumed run continues exactly, from the end of an epoch
 or from the step at which it was asked to stop. With several processes (`ctx.dist`) each trains
 on its shard and gradients are averaged.
@@ -25,6 +26,7 @@ from harness.core import metrics as names
 from harness.core.config import OptimConfig, RunConfig
 from harness.core.errors import StageStopped
 from harness.stages.data import EpochOrder, SeededItems
+from harness.stages.device_data import DeviceSet
 
 
 class NonFiniteLoss(RuntimeError):
@@ -168,7 +170,7 @@ def fit(ctx, task: Task) -> list[dict]:
     if dist.active and not (start or position):  # one random stream per rank (serializations, masks)
         seed_everything(ctx.cfg.seed * 7919 + dist.rank)
     train_set = task.train_set  # a TensorDataset's items are fixed tensors (cached features): nothing to seed
-    if not isinstance(train_set, TensorDataset):
+    if not isinstance(train_set, (TensorDataset, DeviceSet)):  # a DeviceSet seeds each batch itself
         train_set = SeededItems(train_set, ctx.cfg.seed * 7919 + dist.rank)
     started = time.perf_counter()
     for epoch in range(start, opt_cfg.epochs):
@@ -179,8 +181,14 @@ def fit(ctx, task: Task) -> list[dict]:
         count = first
         if isinstance(train_set, SeededItems):
             train_set.set_epoch(epoch)
-        loader = epoch_loader(train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
-                              rank=dist.rank, world_size=dist.world_size, start_batch=first)
+        if isinstance(train_set, DeviceSet):
+            order = EpochOrder(len(train_set), ctx.cfg.seed, epoch, rank=dist.rank, world_size=dist.world_size,
+                               start=first * rank_batch).order()
+            loader = train_set.batches(order, min(rank_batch, len(train_set)), ctx.cfg.seed * 7919 + dist.rank,
+                                       epoch, first)
+        else:
+            loader = epoch_loader(train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
+                                  rank=dist.rank, world_size=dist.world_size, start_batch=first)
         for step, batch in enumerate(loader, start=first):
             batch = to_device(batch, device)
             with autocast(device):

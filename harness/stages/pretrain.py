@@ -2,12 +2,13 @@
 
 AdamW (no weight decay on norms and biases), lr = base_lr * batch / 256 with a per-iteration
 linear warm-up and cosine decay; the method (harness.science.methods) gives the model, the
-augmentation and the loss of a batch. Saves the encoder, what evaluation stages read.
+augmentation and the loss of a batch; on CUDA, datasets that fit are kept and augmented on the
+device (harness.stages.device_data). Saves the encoder, what evaluation stages read.
 """
 from __future__ import annotations
 
 from harness.core import metrics as names
-from harness.stages import engine
+from harness.stages import device_data, engine
 from harness.stages.checkpoint import atomic_save
 from harness.stages.context import StageContext
 from harness.stages.data import sample_images
@@ -18,6 +19,9 @@ def run(ctx: StageContext) -> dict[str, float]:
     engine.seed_everything(cfg.seed)
     method = ctx.method()
     train, _, _ = ctx.splits(method.transform(), None)
+    augment = method.device_augment()
+    if device_data.wanted(cfg, ctx.device, augment):  # the images and their augmentation on the device
+        train = device_data.DeviceSet(train, augment, ctx.device)
     model = method.build().to(ctx.device)
     optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train))
     history = engine.fit(ctx, engine.Task(

@@ -11,6 +11,7 @@ from harness.core.catalog import dataset_info
 from harness.core.config import RunConfig
 from harness.core.layout import RunFolder
 from harness.science.model import Encoder
+from harness.science.device_transforms import DeviceAugment
 from harness.science.transforms import pretrain_transform
 
 
@@ -32,6 +33,12 @@ class Method:
         """MAE's pre-training augmentation (random resized crop + flip, as `pretrain` says)."""
         pre = self.cfg.pretrain
         return pretrain_transform(self.info, self.cfg.data.image_size, pre.crop_scale, pre.hflip)
+
+    def device_augment(self) -> DeviceAugment | None:
+        """The same augmentation batched on the device (None: the method has no device form)."""
+        pre = self.cfg.pretrain
+        return DeviceAugment(self.info.mean, self.info.std, self.cfg.data.image_size,
+                             None if pre.crop_scale is None else tuple(pre.crop_scale), hflip=pre.hflip)
 
     def loss(self, batch: Any, epoch: int) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one training batch (already on the device), optionally with other

@@ -79,6 +79,9 @@ class Method(Base):
     def transform(self) -> MultiCrop:
         return MultiCrop(self.cfg.dino, self.info, self.cfg.data.image_size, self.cfg.model.patch_size)
 
+    def device_augment(self) -> None:
+        return None  # multi-crop (two global and several local views) stays on the PIL path
+
     def loss(self, batch, epoch: int) -> torch.Tensor:
         views, _labels = batch
         return self.model.loss(views, epoch)
