@@ -158,8 +158,12 @@ def test_a_copied_results_folder_browsed_in_chromium(tmp_path, table3_tiny):
         with sync_playwright() as playwright:
             chromium = browser(playwright)
             page = chromium.new_page(viewport={"width": 1800, "height": 1100})
-            page.goto(f"{url}/#/experiments/{experiment['experiment_id']}/runs", wait_until="load", timeout=120_000)
+            # the README's link: MLflow 3 opens in its GenAI mode unless told it is model training
+            page.goto(f"{url}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning",
+                      wait_until="load", timeout=120_000)
             page.get_by_text("M=2 · pretrain · s0 · table3").wait_for(timeout=120_000)
+            assert page.get_by_text("Training runs", exact=True).count() == 0  # GenAI's title for this table
+            assert page.get_by_text("Model registry", exact=True).count() == 1  # the model-training sidebar
             expanders = page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]')
             assert expanders.count() == 3  # the pre-training runs are parents
             for i in range(expanders.count()):
@@ -167,6 +171,16 @@ def test_a_copied_results_folder_browsed_in_chromium(tmp_path, table3_tiny):
             page.get_by_text("M=4 · finetune · s0 · table3").wait_for(timeout=60_000)
             shown = set(page.locator('a[href*="/runs/"] span').all_inner_texts())
             assert names <= shown  # every run, by a name that says what differs
+            if page.get_by_role("button", name="Close").count():  # the assistant's side panel
+                page.get_by_role("button", name="Close").first.click()
+            # "Columns -> Tags", as the README says (the browser keeps the choice, not the server)
+            page.get_by_role("button", name="Columns", exact=True).click()
+            for tag in ("table", "cell", "stage", "seed"):  # the Tags group is the list's last
+                page.locator(f'[class*="tree-node-content-wrapper"][title="{tag}"]').last.click()
+            page.keyboard.press("Escape")
+            for tag in ("table", "cell", "stage", "seed"):  # each a column of the runs table
+                page.get_by_role("columnheader", name=tag, exact=True).first.wait_for(state="attached", timeout=60_000)
+            assert "square M=4" in page.inner_text("body")  # a cell tag, in its column
             page.screenshot(path=str(SCREENSHOTS / "mlflow-runs-table.png"), full_page=True)
 
             page.goto(f"{url}/#/experiments/{experiment['experiment_id']}/runs/{run_id}", wait_until="load",
