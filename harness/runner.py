@@ -68,7 +68,9 @@ def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags:
 @contextmanager
 def system_metrics(store: Store, run_id: str):
     """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py sees one),
-    sampled every 10 s or every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds."""
+    sampled every 10 s or every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds. The samples
+    taken since the last logged step are logged at the end: MLflow's monitor drops them, so a
+    stage shorter than one interval (a linear probe on cached features) would log none."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     interval_s = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))
@@ -77,7 +79,11 @@ def system_metrics(store: Store, run_id: str):
     try:
         yield
     finally:
-        monitor.finish()
+        monitor.finish()  # joins its thread: what it collected and did not log is still there
+        last = monitor.aggregate_metrics()
+        if last:
+            monitor.publish_metrics(last)
+            monitor.mlflow_logger.flush()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
