@@ -76,7 +76,7 @@ def test_batches_follow_the_epoch_order_and_depend_on_seed_epoch_step_only():
     cfg = cfg_of(train_subset=64, validation=None)
     method = methods.load("randsac")(cfg)
     train, _, _ = splits(cfg, None, None)
-    device_set = DeviceSet(train, method.device_augment(), CPU)
+    device_set = DeviceSet.of(train, method.device_augment(), CPU)
     order = EpochOrder(len(device_set), seed=3, epoch=2).order()
     full = list(device_set.batches(order, 16, seed=3, epoch=2, first_step=0))
     assert len(full) == 4 and full[0][0].shape == (16, 1, 32, 32)

@@ -181,6 +181,9 @@ class RunConfig(_Strict):
     dino: DinoConfig = DinoConfig()
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # runtime
+    # runtime: torch.compile pre-training's forward (masks built from the ranks included) and
+    # fused AdamW; None: on CUDA only (on this CPU, compiling costs more than it saves)
+    compile: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -224,7 +227,7 @@ class RunConfig(_Strict):
 
 
 # Fields that say where or how a run executes, not what it computes: kept out of signatures.
-RUNTIME_FIELDS = {"data": {"root", "num_workers", "on_device"}, "device": True}
+RUNTIME_FIELDS = {"data": {"root", "num_workers", "on_device"}, "device": True, "compile": True}
 
 
 # --------------------------------------------------------------------------- merging

@@ -52,11 +52,15 @@ def wanted(cfg: RunConfig, device: torch.device, augment: DeviceAugment | None) 
 
 
 class DeviceSet:
-    """The training images and labels on `device`; `batches` yields augmented batches."""
+    """Training images (uint8 (N, C, H, W)) and labels on `device`; `batches` yields augmented batches."""
 
-    def __init__(self, ds: Dataset, augment: DeviceAugment, device: torch.device):
-        images, labels = uint8_images(ds)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: DeviceAugment, device: torch.device):
         self.images, self.labels, self.augment = images.to(device), labels.to(device), augment
+
+    @classmethod
+    def of(cls, ds: Dataset, augment: DeviceAugment, device: torch.device) -> "DeviceSet":
+        """A mnist5k or CIFAR training set (through its Subsets) moved to the device."""
+        return cls(*uint8_images(ds), augment, device)
 
     def __len__(self) -> int:
         return len(self.labels)

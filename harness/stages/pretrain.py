@@ -21,9 +21,13 @@ def run(ctx: StageContext) -> dict[str, float]:
     train, _, _ = ctx.splits(method.transform(), None)
     augment = method.device_augment()
     if device_data.wanted(cfg, ctx.device, augment):  # the images and their augmentation on the device
-        train = device_data.DeviceSet(train, augment, ctx.device)
+        train = device_data.DeviceSet.of(train, augment, ctx.device)
     model = method.build().to(ctx.device)
-    optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train))
+    compiled = cfg.compile if cfg.compile is not None else ctx.device.type == "cuda"
+    if compiled:  # in place: the state dict (checkpoints, the saved encoder) keeps its keys
+        model.compile()
+    optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train),
+                                                        **({"fused": True} if compiled and cfg.pretrain.optimizer == "adamw" else {}))
     history = engine.fit(ctx, engine.Task(
         train_set=train, opt=cfg.pretrain, module=model, optimizer=optimizer, schedule=schedule,
         loss=method.loss, after_step=method.after_step,
