@@ -23,11 +23,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     if device_data.wanted(cfg, ctx.device, augment):  # the images and their augmentation on the device
         train = device_data.DeviceSet.of(train, augment, ctx.device)
     model = method.build().to(ctx.device)
-    compiled = cfg.compile if cfg.compile is not None else ctx.device.type == "cuda"
-    if compiled:  # in place: the state dict (checkpoints, the saved encoder) keeps its keys
+    if cfg.compile:  # in place: the state dict (checkpoints, the saved encoder) keeps its keys
         model.compile()
-    optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train),
-                                                        **({"fused": True} if compiled and cfg.pretrain.optimizer == "adamw" else {}))
+    fused = {"fused": True} if cfg.compile and cfg.pretrain.optimizer == "adamw" else {}
+    optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train), **fused)
     history = engine.fit(ctx, engine.Task(
         train_set=train, opt=cfg.pretrain, module=model, optimizer=optimizer, schedule=schedule,
         loss=method.loss, after_step=method.after_step,
