@@ -29,13 +29,18 @@ ARTIFACTS_SCHEME = "mlflow-artifacts:/"
 T = TypeVar("T")
 
 
+TRANSIENT = ("locked", "connection", "unique constraint failed")
+
+
 def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
-    """Retry a tracking call; sqlite answers 'database is locked' while another job writes."""
+    """Retry a tracking call; sqlite answers 'database is locked' while another job writes, and
+    two jobs logging the same new dataset at once race in MLflow's check-then-insert ('UNIQUE
+    constraint failed'): asked again, the store finds the row the other job wrote."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as err:  # MlflowException, sqlalchemy OperationalError, connection errors
-            if i == attempts - 1 or "locked" not in str(err).lower() and "connection" not in str(err).lower():
+            if i == attempts - 1 or not any(word in str(err).lower() for word in TRANSIENT):
                 raise
             time.sleep(delay * 2 ** i)
     raise AssertionError("unreachable")

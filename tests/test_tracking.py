@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import mlflow
+import pytest
 
 from harness.core.layout import Results
 from harness.tracking import EXPERIMENT, Store
@@ -56,3 +57,29 @@ def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch, snakem
     assert not (failed / "pretrain.json").exists()
     err = next((failed / "submitit").glob("*/*_log.err")).read_text()
     assert "NonFiniteLoss" in err and "loss is" in err
+
+
+def test_retry_rides_out_sqlite_races_and_nothing_else(monkeypatch):
+    """'database is locked' and two jobs inserting the same new dataset at once are retried; any
+    other error is raised at once."""
+    from harness import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    for transient in ("(sqlite3.OperationalError) database is locked",
+                      "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"):
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) < 3:
+                raise RuntimeError(transient)
+            return "logged"
+        assert tracking.retry(flaky) == "logged" and len(calls) == 3
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry(broken)
+    assert len(calls) == 1
