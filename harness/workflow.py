@@ -248,11 +248,23 @@ def studies_of_files(files: list[str], scale: str, overrides: dict[str, Any], ce
     return sorted(found, key=names.index)
 
 
+# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified" (slurmctld
+# checks time limits on a 30 s period)
+SIGNAL_EARLY_S = 60
+
+
 def check_slurm(executor: ExecutorConfig) -> None:
     """Refuse a Slurm request no node of its partition can serve, before anything is submitted:
-    the partition, CPUs, memory and GPUs per node, the number of nodes, the time limit."""
+    the partition, CPUs, memory and GPUs per node, the number of nodes, the time limit, and a
+    time-limit signal that could come before the job has started."""
     if executor.kind != "slurm":
         return
+    if executor.timeout_min * 60 <= executor.signal_delay_s + SIGNAL_EARLY_S:
+        raise ConfigError(f"executor slurm: timeout_min={executor.timeout_min} with signal_delay_s="
+                          f"{executor.signal_delay_s}: Slurm may send the time-limit signal up to {SIGNAL_EARLY_S} s "
+                          f"earlier than asked, so it could reach a job while it starts, before it can checkpoint, "
+                          f"and kill it; raise timeout_min above (signal_delay_s + {SIGNAL_EARLY_S} s) or lower "
+                          f"signal_delay_s")
     try:
         every = slurm.nodes()
     except slurm.SlurmError as err:

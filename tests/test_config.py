@@ -157,6 +157,10 @@ def test_slurm_checks_against_what_sinfo_reports(tmp_path, monkeypatch):
         check_slurm(ExecutorConfig(kind="slurm", partition="cpu", cpus_per_task=1, nodes=2))
     with pytest.raises(ConfigError, match=r"timeout_min=1440 is beyond the time limit of partition 'gpu' \(240 min\)"):
         check_slurm(ExecutorConfig(kind="slurm", partition="gpu", timeout_min=1440))
+    check_slurm(ExecutorConfig(kind="slurm", timeout_min=2, signal_delay_s=30))  # signal 60-90 s in
+    with pytest.raises(ConfigError, match=r"timeout_min=1 with signal_delay_s=30: Slurm may send the time-limit "
+                                          r"signal up to 60 s earlier than asked"):
+        check_slurm(ExecutorConfig(kind="slurm", timeout_min=1, signal_delay_s=30))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="sinfo is not on PATH"):
         check_slurm(ExecutorConfig(kind="slurm"))

@@ -78,7 +78,10 @@ def job_id_once_it_trains(run, proc) -> str:
 
     deadline = time.time() + 300
     while not run.progress.exists():  # an epoch done: now a fault costs something
-        assert proc.poll() is None and time.time() < deadline
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the launcher ended (rc {proc.returncode}) before an epoch was done:\n"
+                        + proc.communicate()[0][-3000:])
         time.sleep(0.5)
     return str(json.loads(run.job.read_text())["job_id"])
 
@@ -99,11 +102,13 @@ def test_a_preempted_or_timed_out_stage_resumes_from_its_step(tmp_path, monkeypa
     """A real Slurm fault mid-epoch: the job checkpoints at its next step and is requeued; it ends
     with the losses of an uninterrupted run, and sacct shows the requeue."""
     long = fault == "time limit"
-    # time limit: 1 min per attempt, the signal 30 s before it; on a loaded machine an attempt's
-    # start-up eats most of that, so allow many requeues
-    cmd, run, cfg = launcher(tmp_path, monkeypatch, {"cpus_per_task": 2, "timeout_min": 1 if long else 20,
+    # time limit: 2 min per attempt, the signal asked for 30 s before it, which Slurm sends 60-90 s
+    # into the attempt (it checks on a 30 s period); the stage outlasts that (~120 s of training here,
+    # more on a loaded machine, hence the many requeues allowed)
+    cmd, run, cfg = launcher(tmp_path, monkeypatch, {"cpus_per_task": 2, "timeout_min": 2 if long else 20,
                                                      "signal_delay_s": 30, "max_num_timeout": 40},
-                             {"pretrain": {"epochs": 20 if long else 8}, "data": {"train_subset": 1024}})
+                             {"pretrain": {"epochs": 60 if long else 8},
+                              "data": {"train_subset": 2048 if long else 1024}})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job_id = job_id_once_it_trains(run, proc)
     if fault == "scontrol requeue":
