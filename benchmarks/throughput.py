@@ -1,7 +1,7 @@
-"""Pre-training throughput, measured side by side in one run on one device.
+"""Pre-training and evaluation throughput, measured side by side in one run on one device.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--batch 512] [--steps 20] [--workers 8]
-                                    [--images 50000] [--no-project]
+                                    [--images 50000] [--no-eval] [--no-project]
 
 Every line is a full training step (forward, backward, AdamW) of ViT-Tiny/4 with a 3-layer
 decoder (the paper's CIFAR recipe, Tables 1-6, 9, 10), square segments M=2, bf16 on CUDA and
@@ -14,6 +14,12 @@ fp32 on the CPU:
                    and flip batched there (harness.stages.device_data), then the step;
   - DataLoader:    end to end: PIL RandomResizedCrop + flip in N DataLoader workers, copied to
                    the device, then the step (the path ImageNet folders take).
+Then the evaluation stages at the paper's CIFAR recipe (their batch sizes on CUDA), on the same
+encoder, each as its step alone and end to end, to show which is data-bound:
+  - linear probe:  frozen encoder + BatchNorm/linear head on RandomResizedCrop + flip views
+                   (synthetic; device data, harness.stages.linprobe.device_augment; DataLoader);
+  - fine-tuning:   the whole encoder with mixup/cutmix (synthetic; DataLoader with timm's
+                   RandAugment, which has no device form).
 Then the peak memory of each (CUDA), and the projected device-hours of every table's
 pre-training at scale `paper` (epochs x training images / the measured rate of its encoder's
 size; the device-data rate for CIFAR's ViT-Tiny/4, the synthetic step for the other sizes;
@@ -23,6 +29,7 @@ The images are random uint8 of CIFAR's shape: nothing is downloaded. No threshol
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from typing import Callable
 
@@ -36,11 +43,14 @@ from harness import studies
 from harness.core.catalog import dataset_info
 from harness.core.config import RunConfig
 from harness.science import masks, methods
-from harness.science.model import normalized_pixel_loss, patchify
-from harness.science.transforms import pretrain_transform
-from harness.stages.device_data import DeviceSet
+from harness.science.device_transforms import DeviceAugment
+from harness.science.model import Classifier, LinearProbe, normalized_pixel_loss, patchify
+from harness.science.transforms import finetune_transform, pretrain_transform, probe_transform
+from harness.stages import linprobe
 from harness.stages.data import EpochOrder
+from harness.stages.device_data import DeviceSet
 from harness.stages.engine import autocast
+from harness.stages.finetune import criterion_and_mixup
 
 TABLES = ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "table8", "table9", "table10")
 
@@ -166,37 +176,110 @@ class Bench:
         return self.train(lambda: peer.loss(self.imgs, serializer(self.batch).to(self.device)), peer)
 
     def device_data(self, images: np.ndarray) -> Callable[[], None]:
-        data = DeviceSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.zeros(len(images),
-                         dtype=torch.long), self.method.device_augment(), self.device)
-        batches = iter(())
-        epoch = 0
-
-        def next_batch():
-            nonlocal batches, epoch
-            for batch in batches:
-                return batch
-            epoch += 1
-            batches = data.batches(EpochOrder(len(data), 0, epoch).order(), self.batch, 0, epoch, 0)
-            return next(batches)
-        return self.train(lambda: self.method.loss(next_batch(), 0))
+        batches = device_batches(images, self.method.device_augment(), self.batch, self.device)
+        return self.train(lambda: self.method.loss(batches(), 0))
 
     def dataloader(self, images: np.ndarray, workers: int) -> Callable[[], None]:
         pre = self.cfg.pretrain
-        ds = PILImages(images, pretrain_transform(dataset_info(self.cfg.data.name), self.cfg.data.image_size,
-                                                  pre.crop_scale, pre.hflip))
-        loader = DataLoader(ds, batch_size=self.batch, shuffle=True, drop_last=True, num_workers=workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
-        batches = iter(loader)
+        transform = pretrain_transform(dataset_info(self.cfg.data.name), self.cfg.data.image_size, pre.crop_scale,
+                                       pre.hflip)
+        batches = loader_batches(images, transform, self.batch, workers, self.device)
+        return self.train(lambda: self.method.loss(batches(), 0))
 
-        def next_batch():
-            nonlocal batches
-            try:
-                imgs, labels = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                imgs, labels = next(batches)
-            return imgs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-        return self.train(lambda: self.method.loss(next_batch(), 0))
+
+def device_batches(images: np.ndarray, augment: DeviceAugment, batch: int,
+                   device: torch.device) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of `images` kept on the device and augmented there, epoch after epoch."""
+    data = DeviceSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                     torch.zeros(len(images), dtype=torch.long), augment, device)
+    batches = iter(())
+    epoch = 0
+
+    def next_batch():
+        nonlocal batches, epoch
+        for item in batches:
+            return item
+        epoch += 1
+        batches = data.batches(EpochOrder(len(data), 0, epoch).order(), batch, 0, epoch, 0)
+        return next(batches)
+    return next_batch
+
+
+def loader_batches(images: np.ndarray, transform: Callable, batch: int, workers: int,
+                   device: torch.device) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of PIL `transform`s made in `workers` DataLoader workers, copied to the device."""
+    loader = DataLoader(PILImages(images, transform), batch_size=batch, shuffle=True, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    batches = iter(loader)
+
+    def next_batch():
+        nonlocal batches
+        try:
+            imgs, labels = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            imgs, labels = next(batches)
+        return imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return next_batch
+
+
+class Evaluation:
+    """The linear probe's and fine-tuning's training steps at the paper's CIFAR recipe, on a copy
+    of a Bench's encoder; `batches` gives (images, labels) on the device."""
+
+    def __init__(self, bench: Bench):
+        self.bench, self.cfg = bench, bench.cfg
+        self.info = dataset_info(self.cfg.data.name)
+
+    def encoder(self) -> nn.Module:
+        return copy.deepcopy(self.bench.model.encoder)
+
+    def synthetic(self, batch: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        size = self.cfg.eval_size
+        imgs = torch.randn(batch, self.info.channels, size, size, device=self.bench.device)
+        labels = torch.randint(0, self.info.num_classes, (batch,), device=self.bench.device)
+        return lambda: (imgs, labels)
+
+    def probe(self, batches: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+        probe = LinearProbe(self.encoder(), self.info.num_classes).to(self.bench.device)
+
+        def loss():
+            imgs, labels = batches()
+            return nn.functional.cross_entropy(probe(imgs), labels)
+        return self.bench.train(loss, probe.head)
+
+    def finetune(self, batches: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+        opt = self.cfg.finetune
+        model = Classifier(self.encoder(), self.info.num_classes).to(self.bench.device)
+        criterion, mixup = criterion_and_mixup(opt, self.info.num_classes)
+
+        def loss():
+            imgs, labels = batches()
+            if mixup is not None:
+                imgs, labels = mixup(imgs, labels)
+            return criterion(model(imgs), labels)
+        return self.bench.train(loss, model)
+
+    def measure(self, images: np.ndarray, workers: int, steps: int, cuda: bool, batch: int) -> dict:
+        """name -> (img/s, peak GiB, the synthetic rate it is compared with)."""
+        device, size, opt = self.bench.device, self.cfg.eval_size, self.cfg.finetune
+        probe_batch, tune_batch = (self.cfg.linprobe.batch_size, opt.batch_size) if cuda else (batch, batch)
+        probe_batch = min(probe_batch, len(images))
+        out = {}
+        probe_rate = rate(self.probe(self.synthetic(probe_batch)), probe_batch, steps, device)
+        out[f"linear probe, synthetic (batch {probe_batch})"] = (*probe_rate, probe_rate[0])
+        out["linear probe, device data"] = (*rate(self.probe(device_batches(
+            images, linprobe.device_augment(self.info, size), probe_batch, device)), probe_batch, steps, device),
+            probe_rate[0])
+        out[f"linear probe, DataLoader, {workers} workers"] = (*rate(self.probe(loader_batches(
+            images, probe_transform(self.info, size), probe_batch, workers, device)), probe_batch, steps, device),
+            probe_rate[0])
+        tune_rate = rate(self.finetune(self.synthetic(tune_batch)), tune_batch, steps, device)
+        out[f"fine-tuning, synthetic (batch {tune_batch})"] = (*tune_rate, tune_rate[0])
+        out[f"fine-tuning, DataLoader, {workers} workers, {opt.rand_augment}"] = (*rate(self.finetune(loader_batches(
+            images, finetune_transform(self.info, size, opt.rand_augment, opt.crop_scale, opt.hflip), tune_batch,
+            workers, device)), tune_batch, steps, device), tune_rate[0])
+        return out
 
 
 def projection(rates: dict[tuple, float], measure: Callable[[RunConfig], float]) -> list[tuple[str, int, float, int]]:
@@ -229,6 +312,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="default: 50,000 on cuda, 2,048 on cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-project", dest="project", action="store_false")
+    ap.add_argument("--no-eval", dest="eval", action="store_false", help="skip the evaluation stages")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -255,6 +339,12 @@ def main() -> None:
     print(f"masked / dense: {synthetic / measured['dense (no masks)'][0]:.3f}; "
           f"synthetic / naive peer: {synthetic / measured['naive peer'][0]:.2f}x; "
           f"device data / synthetic: {measured['device data'][0] / synthetic:.3f}")
+    if args.eval:
+        print(f"\n# evaluation stages at the paper's CIFAR recipe, {where}: each step alone (synthetic) and "
+              f"end to end")
+        print(f"{'path':<60} {'img/s':>10} {'/ synthetic':>12} {'peak GiB':>9}")
+        for name, (ips, peak, alone) in Evaluation(bench).measure(images, args.workers, steps, cuda, batch).items():
+            print(f"{name:<60} {ips:>10.1f} {ips / alone:>12.3f} {peak:>9.2f}")
     if not args.project:
         return
     rates = {(cfg.model.model_dump_json(), cfg.data.image_size, cfg.method): measured["device data"][0]}

@@ -102,3 +102,35 @@ def test_without_crop_or_flip_both_paths_pretrain_bit_for_bit(tmp_path, recorder
         run_stage_here("pretrain", cfg, tmp_path / str(on_device), rec)
         histories.append(rec.logged)
     assert histories[0] == histories[1] and len(histories[0]) == 2
+
+
+def test_the_augmented_linear_probe_crops_on_the_device_as_torchvision_would_and_resumes_exactly(
+        tmp_path, monkeypatch, tiny_cfg, recorder, run_stage_here, stop_after):
+    """The paper recipe's probe (RandomResizedCrop + flip each step) on the device path: the crop of
+    `probe_transform`, and a probe stopped mid-run continues with the metrics of a straight one."""
+    from torchvision.transforms import InterpolationMode
+
+    from harness.science.transforms import probe_transform
+    from harness.stages import device_data, linprobe
+
+    info = data.dataset_info("mnist5k")
+    on_device, pil = linprobe.device_augment(info, 32), probe_transform(info, 32).transforms
+    crop, flip = pil[0], pil[1]
+    assert (on_device.crop_scale, on_device.ratio, on_device.hflip) == (crop.scale, crop.ratio, flip.p)
+    assert crop.interpolation == InterpolationMode.BICUBIC and on_device.interpolation == "bicubic"
+
+    made = []
+    monkeypatch.setattr(device_data.DeviceSet, "of", classmethod(
+        lambda cls, ds, augment, device: made.append(augment) or cls(*uint8_images(ds), augment, device)))
+    cfg = tiny_cfg(**{"linprobe.epochs": 3, "linprobe.augment": True, "data.on_device": True})
+    run_stage_here("pretrain", cfg, tmp_path / "parent")
+    made.clear()  # pre-training's own
+    straight = recorder()
+    final = run_stage_here("linprobe", cfg, tmp_path / "straight", straight, tmp_path / "parent")
+    assert len(made) == 1 and made[0].crop_scale == (0.08, 1.0)
+    interrupted = recorder()
+    with pytest.raises(stop_after.Stop):
+        run_stage_here("linprobe", cfg, tmp_path / "resumed", interrupted, tmp_path / "parent",
+                       checkpoint=stop_after(tmp_path / "resumed" / "checkpoint.pt", 1))
+    assert run_stage_here("linprobe", cfg, tmp_path / "resumed", interrupted, tmp_path / "parent") == final
+    assert [(s, m) for s, m in interrupted.logged if "resumed_at_epoch" not in m] == straight.logged

@@ -36,7 +36,8 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(None, gt=0)
     validation: float | None = Field(None, gt=0, lt=1)  # hold out this share of train; evaluate there
     num_workers: int = Field(0, ge=0)  # runtime
-    # runtime: pre-training's images and augmentation on the device (harness.stages.device_data);
+    # runtime: pre-training's and the augmented linear probe's images and augmentation on the
+    # device (harness.stages.device_data);
     # None: on CUDA, for the datasets that fit there (mnist5k, CIFAR)
     on_device: bool | None = None
 

@@ -1,10 +1,11 @@
 """A training set kept on the device: datasets that fit there (CIFAR-10/100, mnist5k) as one
 uint8 tensor, augmented a batch at a time on the device (harness.science.device_transforms).
 
-This replaces, for pre-training, the PIL path (a transform per image in DataLoader workers),
-which cannot feed a GPU at the rate a small ViT trains on 32-px images. `data.on_device` decides:
-None (default) means on CUDA only, when the dataset fits and the method's augmentation has a
-device form (RandSAC, MAE; DINO's multi-crop stays on the PIL path). The same order of items
+This replaces, for pre-training and the augmented linear probe, the PIL path (a transform per
+image in DataLoader workers), which cannot feed a GPU at the rate a small ViT trains on 32-px
+images. `data.on_device` decides: None (default) means on CUDA only, when the dataset fits and
+the augmentation has a device form (RandSAC's and MAE's, the linear probe's crop + flip; DINO's
+multi-crop and fine-tuning's RandAugment stay on the PIL path). The same order of items
 (EpochOrder) as the DataLoader path; the augmentation of batch s of epoch e is drawn from a
 generator seeded by (seed, e, s), so a run stopped at a step resumes exactly.
 """
@@ -45,7 +46,7 @@ def uint8_images(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def wanted(cfg: RunConfig, device: torch.device, augment: DeviceAugment | None) -> bool:
-    """Whether pre-training keeps its data on the device (see the module's docstring)."""
+    """Whether a stage keeps its training data on the device (see the module's docstring)."""
     if augment is None or cfg.data.name not in FITS_ON_DEVICE:
         return False
     return cfg.data.on_device if cfg.data.on_device is not None else device.type == "cuda"
