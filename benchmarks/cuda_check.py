@@ -4,7 +4,8 @@
 
 1. The autoregressive contract on CUDA in bf16: perturbing segment s_k leaves the predictions
    of s_1..s_k bit-identical and changes s_(k+1) (the masks are exact in any precision).
-2. Pre-train, linear probe and fine-tune (scale tiny, device cuda) run end to end in-process.
+2. Pre-train (data on the device; compiled), linear probe (cached features; augmented, data on
+   the device) and fine-tune (RandAugment) at scale tiny run end to end on CUDA in-process.
 Prints what it saw; exits non-zero on the first failed check.
 """
 from __future__ import annotations
@@ -56,13 +57,24 @@ def contract(device: torch.device) -> None:
 
 
 def stages() -> None:
-    cfg = expand(load_study("table3"), "tiny", dotted_to_nested({"device": "cuda"}))[1].config
+    def tiny(**dotted):
+        return expand(load_study("table3"), "tiny", dotted_to_nested({"device": "cuda", **dotted}))[1].config
+
+    cfg = tiny()
     root = Path(tempfile.mkdtemp())
     pretrained = RunFolder(root / "pretrain")
-    for name, parent in (("pretrain", None), ("linprobe", pretrained), ("finetune", pretrained)):
+    for i, (name, stage, run_cfg, parent) in enumerate((
+            ("pretrain (data on the device)", "pretrain", cfg, None),
+            ("linear probe (cached features)", "linprobe", cfg, pretrained),
+            ("linear probe (augmented, data on the device)", "linprobe", tiny(**{"linprobe.augment": True}),
+             pretrained),
+            ("fine-tune (DataLoader, RandAugment)", "finetune",
+             tiny(**{"finetune.rand_augment": "rand-m9-mstd0.5-inc1"}), pretrained),
+            ("pretrain (compiled)", "pretrain", tiny(compile=True), None))):
         start = time.perf_counter()
         print(f"  {name}:")
-        result = stage_module(name).run(StageContext(cfg, RunFolder(root / name), Printer(), parent))
+        folder = pretrained if i == 0 else RunFolder(root / f"{i}-{stage}")  # the first is the others' parent
+        result = stage_module(stage).run(StageContext(run_cfg, folder, Printer(), parent))
         print(f"    -> {result} in {time.perf_counter() - start:.1f}s")
 
 
