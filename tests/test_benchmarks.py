@@ -1,0 +1,29 @@
+"""The benchmark script runs end to end on the CPU (a handful of steps; no time is asserted)."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_measures_every_path_and_projects_the_tables():
+    out = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--batch", "4", "--steps",
+                          "1", "--images", "64", "--workers", "0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        parts = line.rsplit(None, 3)
+        if len(parts) == 4 and not line.startswith(("#", "path", "table")):
+            try:
+                rows[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    for path in ("synthetic", "dense (no masks)", "naive peer", "device data", "DataLoader, 0 workers",
+                 "linear probe, synthetic (batch 4)", "linear probe, device data", "linear probe, DataLoader, 0 workers",
+                 "fine-tuning, synthetic (batch 4)", "fine-tuning, DataLoader, 0 workers, rand-m9-mstd0.5-inc1"):
+        assert path in rows and rows[path] > 0 and math.isfinite(rows[path]), (path, out.stdout)
+    projected = [line.split() for line in out.stdout.splitlines() if line.startswith("table")]
+    assert [p[0] for p in projected[1:]] == [f"table{i}" for i in range(1, 11)]  # header, then every table
+    assert all(float(p[2]) > 0 for p in projected[1:])
