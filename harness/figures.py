@@ -3,7 +3,8 @@
 One panel per metric (LIN, FT) and per paper's dataset; each cell of the paper a pair of bars,
 ours (error bar: std over seeds) and the paper's (hatched); other methods' reported numbers as
 hatched bars alone; the random-init control a dashed reference line, not a bar; a cell whose
-pre-training did not learn carries the table's mark (†) over its bar.
+pre-training did not learn carries the table's mark (†) over its bar, a cell below its random-init
+control the mark ‡.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ OURS, PAPER, CONTROL = "#1f77b4", "#bbbbbb", "#d62728"
 
 def draw(study, long: pd.DataFrame, heading: str, *outs: Path) -> list[Path]:
     """Draw the long table of `study` (harness.tables.collect) into each of `outs`."""
-    from harness.tables import NOT_LEARNED_MARK, NOT_LEARNED_NOTE, not_learned
+    from harness.tables import (BELOW_CONTROL_MARK, BELOW_CONTROL_NOTE, NOT_LEARNED_MARK, NOT_LEARNED_NOTE,
+                                below_control, not_learned)
 
     datasets = list(dict.fromkeys(long["paper_dataset"]))
     metrics = list(dict.fromkeys(long["metric"]))
     width = max(7.0, 1.1 * long["setting"].nunique() * len(datasets))
     fig, axes = plt.subplots(len(metrics), len(datasets), squeeze=False, sharey=True, figsize=(width, 1.0 + 2.9 * len(metrics)))
-    marked = False
+    marked = {}  # mark -> its note, for the marks drawn
     for (i, metric), (j, dataset) in ((m, d) for m in enumerate(metrics) for d in enumerate(datasets)):
         ax = axes[i, j]
         rows = long[(long.metric == metric) & (long.paper_dataset == dataset)]
@@ -41,9 +43,11 @@ def draw(study, long: pd.DataFrame, heading: str, *outs: Path) -> list[Path]:
         ax.bar(x + 0.2, cells["paper"].astype(float).fillna(0).to_numpy(), 0.4, color=PAPER, hatch="//",
                edgecolor="#777777", label="paper")
         for k, row in enumerate(cells.itertuples()):
-            if row.n and not_learned(row):
-                ax.text(k - 0.2, ours[k] + std[k] + 1, NOT_LEARNED_MARK, ha="center", fontsize=11)
-                marked = True
+            marks = {NOT_LEARNED_MARK: NOT_LEARNED_NOTE} if row.n and not_learned(row) else {}
+            marks |= {BELOW_CONTROL_MARK: BELOW_CONTROL_NOTE} if below_control(row) else {}
+            if marks:
+                ax.text(k - 0.2, ours[k] + std[k] + 1, "".join(marks), ha="center", fontsize=11)
+                marked |= marks
         for c in control.itertuples():  # one control: a line across; one per encoder: over its cells
             if not c.n:
                 continue
@@ -67,8 +71,8 @@ def draw(study, long: pd.DataFrame, heading: str, *outs: Path) -> list[Path]:
                bbox_to_anchor=(0.5, 1 - (0.08 + 0.18 * len(title)) / height))
     top = 1 - (0.2 + 0.18 * len(title)) / height
     if marked:
-        fig.text(0.01, 0.005, NOT_LEARNED_NOTE, fontsize=7)
-    fig.tight_layout(rect=(0, 0.03 if marked else 0, 1, top))
+        fig.text(0.01, 0.005, "\n".join(marked.values()), fontsize=7)
+    fig.tight_layout(rect=(0, 0.015 + 0.015 * len(marked) if marked else 0, 1, top))
     fig.subplots_adjust(top=top - 0.3 / height)  # under the title and the legend, no further
     for out in outs:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,11 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
     return cells
 
 
+def control_config(config: RunConfig) -> RunConfig:
+    """The random-init control of a cell: its config, with a randomly initialised encoder."""
+    return RunConfig.model_validate({**config.model_dump(), "method": methods.CONTROL})
+
+
 def control_cells(cells: list[Cell]) -> list[Cell]:
     """The random-init controls of one dataset's cells: a randomly initialised encoder of the
     cells' architecture, probed and fine-tuned with their recipes. One control per distinct
@@ -180,7 +185,7 @@ def control_cells(cells: list[Cell]) -> list[Cell]:
     groups: dict[tuple[str, str], list[RunConfig]] = {}
     first: dict[tuple[str, str], Cell] = {}
     for cell in cells:
-        config = RunConfig.model_validate({**cell.config.model_dump(), "method": methods.CONTROL})
+        config = control_config(cell.config)
         seedless = config.model_copy(update={"seed": 0})
         key = (methods.signature(seedless, "linprobe"), methods.signature(seedless, "finetune"))
         first.setdefault(key, cell)

@@ -20,7 +20,8 @@ import pandas as pd
 from harness.core import metrics as names
 from harness.core.config import RunConfig
 from harness.core.layout import Results
-from harness.studies import CONTROL_SETTING, ROOT, Study, expand, load_study
+from harness.science import methods
+from harness.studies import CONTROL_SETTING, ROOT, Study, control_config, expand, load_study
 from harness.tracking import Store
 
 MISSING = "—"
@@ -54,7 +55,8 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, *, se
             controls: bool = True) -> pd.DataFrame:
     """Long table: one row per (the paper's dataset, setting, metric): ours (mean, std, n over
     seeds), the paper's, the dataset that really ran, and the largest final loss / floor of the
-    cell's pre-training runs (`pretrain_ratio`)."""
+    cell's pre-training runs (`pretrain_ratio`) and the mean of the cell's own random-init
+    control over the same seeds (`control`; none for the control itself)."""
     runs = runs.reindex(columns=RUN_COLUMNS).set_index("signature")
     by_sig, ratio_of = runs["value"].dropna().to_dict(), runs["ratio"].dropna().to_dict()
     cells = expand(study, scale, overrides, seeds=seeds, controls=controls)
@@ -68,6 +70,8 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, *, se
             runnable = [c for c in of_setting if stage in c.stages(study.metrics)]
             sigs = [c.signature(stage) for c in runnable]
             values = [by_sig[s] for s in sigs if s in by_sig]
+            own_control = [] if of_setting[0].control else [
+                by_sig[s] for s in (methods.signature(control_config(c.config), stage) for c in runnable) if s in by_sig]
             rows.append({"table": study.table, "paper_dataset": dataset, "dataset": of_setting[0].config.data.name,
                          "setting": setting, "metric": names.TABLE_METRIC_NAME[metric],
                          "ours": pd.Series(values).mean() if values else None,
@@ -76,6 +80,7 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, *, se
                          "paper": study.paper.get(dataset, {}).get(setting, {}).get(metric),
                          "source": ("control" if of_setting[0].control else "this run") if runnable else "not applicable",
                          "pretrain_ratio": max(ratios) if ratios else None,
+                         "control": pd.Series(own_control).mean() if own_control else None,
                          "signatures": " ".join(sigs), "scale": scale})
     for dataset, settings in study.reported.items():
         for setting, numbers in settings.items():
@@ -84,7 +89,7 @@ def collect(study: Study, scale: str, overrides: dict, runs: pd.DataFrame, *, se
                              "setting": f"{setting} (reported)",
                              "metric": names.TABLE_METRIC_NAME[metric], "ours": None, "std": None, "n": 0, "seeds": 0,
                              "paper": numbers.get(metric), "source": "reported by others, not run",
-                             "pretrain_ratio": None, "signatures": "", "scale": scale})
+                             "pretrain_ratio": None, "control": None, "signatures": "", "scale": scale})
     return pd.DataFrame(rows)
 
 
@@ -93,19 +98,30 @@ NOT_LEARNED_NOTE = (f"{NOT_LEARNED_MARK} pre-training did not learn (loss ≥ {n
                     f"the loss of predicting nothing).")
 
 
+BELOW_CONTROL_MARK = "‡"
+BELOW_CONTROL_NOTE = (f"{BELOW_CONTROL_MARK} below its random-init control: at this scale the pre-training "
+                      f"left the encoder worse than a random one for this metric.")
+
+
 def not_learned(row) -> bool:
     return row.pretrain_ratio is not None and not pd.isna(row.pretrain_ratio) and row.pretrain_ratio >= names.NOT_LEARNED_RATIO
 
 
+def below_control(row) -> bool:
+    """A cell whose number (mean over seeds) is under its own control's (same encoder, recipe, seeds)."""
+    return bool(row.n) and row.control is not None and not pd.isna(row.control) and row.ours < row.control
+
+
 def fmt_ours(row) -> str:
-    """mean (one decimal), ± std (n) over seeds, a mark when the cell's pre-training did not learn."""
+    """mean (one decimal), ± std (n) over seeds, a mark when the cell's pre-training did not learn
+    (†) and when the cell is below its random-init control (‡)."""
     if row.n == 0:
         return MISSING
     text = f"{row.ours:.1f}"
     if row.seeds > 1:
         spread = "" if row.std is None or pd.isna(row.std) else f" ± {row.std:.1f}"
         text += f"{spread} ({row.n})" if row.n == row.seeds else f"{spread} ({row.n} of {row.seeds} seeds)"
-    return text + (NOT_LEARNED_MARK if not_learned(row) else "")
+    return text + (NOT_LEARNED_MARK if not_learned(row) else "") + (BELOW_CONTROL_MARK if below_control(row) else "")
 
 
 def fmt_paper(value) -> str:
@@ -176,6 +192,8 @@ def notes(long: pd.DataFrame) -> list[str]:
                    f"fine-tuned with the same recipes (a control the paper does not report).")
     if any(not_learned(r) for r in long.itertuples() if r.n):
         out.append(NOT_LEARNED_NOTE)
+    if any(below_control(r) for r in long.itertuples()):
+        out.append(BELOW_CONTROL_NOTE)
     if (long["seeds"] > 1).any():
         out.append("With several seeds: mean ± std (number of seeds).")
     return out
@@ -191,7 +209,7 @@ def tex_text(text: str) -> str:
     text = re.sub(r"(?<![\w$])([MKP])(?![\w${])", r"$\1$", text)  # the paper's M, K, P standing alone
     text = re.sub(r"(\d+)->(\d+)(?:->(\d+))?", lambda m: "$" + r"{\to}".join(g for g in m.groups() if g) + "$", text)
     for plain, math in (("±", r"$\pm$"), ("—", "---"), ("×", r"$\times$"), ("≥", r"$\geq$"),
-                        (NOT_LEARNED_MARK, r"$^\dagger$"), ("->", r"$\to$")):
+                        (NOT_LEARNED_MARK, r"$^\dagger$"), (BELOW_CONTROL_MARK, r"$^\ddagger$"), ("->", r"$\to$")):
         text = text.replace(plain, math)
     return text
 

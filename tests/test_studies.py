@@ -185,12 +185,47 @@ def test_tables_show_the_control_and_mark_pretraining_that_did_not_learn():
     long = collect(study, "tiny", {}, runs)
     frame = wide(study, long)
     assert frame.loc["LIN", ("random init", "ours")] == "63.0" and frame.loc["LIN", ("random init", "paper")] == "—"
-    assert frame.loc["LIN", ("square M=4", "ours")] == "62.0†" and frame.loc["LIN", ("square M=2", "ours")] == "61.0"
+    # 62 and 61 are under the control's 63: ‡ (see the next test)
+    assert frame.loc["LIN", ("square M=4", "ours")] == "62.0†‡" and frame.loc["LIN", ("square M=2", "ours")] == "61.0‡"
     assert set(long[long.setting == "random init"].source) == {"control"}
     from harness.tables import notes
 
     assert any("pre-training did not learn (loss ≥ 0.9 × floor" in n for n in notes(long))
     assert not any("did not learn" in n for n in notes(collect(study, "tiny", {}, runs[runs.ratio != 0.95])))
+
+
+def test_tables_mark_a_cell_below_its_own_control(tmp_path):
+    """‡ on a cell whose mean is under the mean of its own random-init control over the same
+    seeds: Table 9's P=2 against "random init (P=2)", not against P=4's control; a note under
+    the table, in the LaTeX and the figure; no mark when every cell is above."""
+    from harness.tables import BELOW_CONTROL_NOTE, notes, tex_text
+
+    study = load_study("table9")
+    cells = expand(study, "tiny", seeds=[0, 1])
+    control = {c.setting.removeprefix("random init (").rstrip(")"): c for c in cells if c.control}
+    assert set(control) == {"P=2", "P=4", "P=8"}
+
+    def value(c):  # controls: P=2 at 70, the others at 40; cells: 55 (P=2 under its control), 45
+        if c.control:
+            return (70.0 if c.config.model.patch_size == 2 else 40.0) + c.seed
+        return (55.0 if c.config.model.patch_size == 2 else 45.0) + c.seed
+
+    runs = pd.DataFrame([{"signature": c.signature(s), "stage": s, "value": value(c)}
+                         for c in cells for s in ("linprobe", "finetune")])
+    long = collect(study, "tiny", {}, runs, seeds=[0, 1])
+    frame = wide(study, long)
+    cell_p2, cell_p4 = "patch-random P=2", "patch-random P=4"
+    assert frame.loc["LIN", (cell_p2, "ours")] == "55.5 ± 0.7 (2)‡"
+    assert frame.loc["LIN", (cell_p4, "ours")] == "45.5 ± 0.7 (2)"
+    assert not frame.loc["LIN", ("random init (P=2)", "ours")].endswith("‡")
+    assert BELOW_CONTROL_NOTE in notes(long) and r"$^\ddagger$" in tex_text(frame.loc["LIN", (cell_p2, "ours")])
+    runs_above = runs.assign(value=runs.value.where(~runs.signature.isin(
+        [c.signature(s) for c in cells if c.control for s in ("linprobe", "finetune")]), 0.0))
+    assert BELOW_CONTROL_NOTE not in notes(collect(study, "tiny", {}, runs_above, seeds=[0, 1]))
+    from harness.figures import draw
+
+    (png,) = draw(study, long, "Table 9", tmp_path / "table9.png")
+    assert png.stat().st_size > 10_000
 
 
 def test_file_targets_plan_only_the_studies_they_belong_to():
