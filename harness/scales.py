@@ -106,6 +106,24 @@ _TINY: dict[str, Any] = {
 }
 
 
+# Table 7's baselines "are pretrained using their official implementations": at paper scale
+# their pre-training keeps its own optimizer recipe, over the study's epochs, batch and warm-up.
+# DINO (main_dino.py): lr 5e-4 per 256 images, min lr 1e-6, AdamW's default betas, weight decay
+# 0.04 -> 0.4 (dino.weight_decay_end). MAE (main_pretrain.py): base lr 1.5e-4, betas (0.9, 0.95).
+_METHOD_PAPER: dict[str, dict[str, Any]] = {
+    "dino": {"pretrain": {"base_lr": 5e-4, "min_lr": 1e-6, "weight_decay": 0.04, "betas": [0.9, 0.999]},
+             "dino": {"weight_decay_end": 0.4}},
+    "mae": {"pretrain": {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95]}},
+}
+_METHOD_SMOKE: dict[str, dict[str, Any]] = {}
+
+
+def method_preset(scale: str, method: str) -> dict[str, Any]:
+    """What a method changes in its scale's preset (Table 7's baselines); {} for the others."""
+    table = _METHOD_PAPER if scale == "paper" else _METHOD_SMOKE if scale == "smoke" else {}
+    return table.get(method, {})
+
+
 def preset(scale: str, dataset: str, recipe: str | None = None) -> dict[str, Any]:
     """The starting config of a cell of a study on `dataset` at `scale` (recipe: see above).
 

@@ -4,7 +4,9 @@ A study names its datasets, a base config, factors (a config field and its value
 variants), the metrics of the table (lin -> linprobe stage, ft -> finetune stage), its layout
 and the paper's numbers. Its cells are dataset x the product of the factors' values; each cell's
 config is
-    scale preset (scale, dataset, recipe) <- study base <- per-scale overrides <- factors <- user
+    scale preset (scale, dataset, recipe) <- method preset <- study base <- per-scale overrides
+    <- factors <- user
+(the method preset: what a baseline's official recipe changes, harness.scales.method_preset)
 and the plan maps every stage of every cell to a run signature: the same config is one run.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.metrics import TABLE_METRIC_STAGE
 from harness.science import methods
-from harness.scales import SCALES, preset
+from harness.scales import SCALES, method_preset, preset
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = ROOT / "studies"
@@ -131,8 +133,9 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
            seeds: list[int] | None = None, controls: bool = True) -> list[Cell]:
     """Every (dataset, cell, seed) of a study at a scale, with its validated config.
 
-    The config of a cell is: scale preset <- study base <- study's per-scale overrides <- the
-    cell's factor values <- `overrides` (a nested dict, e.g. {"pretrain": {"epochs": 2}}).
+    The config of a cell is: scale preset <- its method's preset <- study base <- study's
+    per-scale overrides <- the cell's factor values <- `overrides` (a nested dict, e.g.
+    {"pretrain": {"epochs": 2}}).
     `seeds` replaces the study's seeds. With `controls`, each dataset also gets its random-init
     control cells (`control_cells`).
     """
@@ -147,17 +150,20 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
             start = preset(scale, dataset, study.recipe)
         except ValueError as err:
             raise ConfigError(f"study {study.name}: {err}") from None
-        base = deep_merge(start, study.base)
+        study_part = study.base
         if start["data"]["name"] == dataset:  # not at scales where a stand-in replaces the dataset
-            base = deep_merge(base, study.dataset_base.get(dataset, {}))
-        base = deep_merge(base, study.scales.get(scale, {}))
+            study_part = deep_merge(study_part, study.dataset_base.get(dataset, {}))
+        study_part = deep_merge(study_part, study.scales.get(scale, {}))
         for combo in combos:
             labels = [label for label, _, _ in combo]
             values = {n: value for n, (_, value, _) in zip(names, combo)}
             setting = study.setting.format(**values) if study.setting else ", ".join(labels) or study.caption
-            raw = base
+            above = study_part  # everything above the method preset
             for _, _, patch in combo:
-                raw = deep_merge(raw, patch)
+                above = deep_merge(above, patch)
+            method = deep_merge(deep_merge(start, above), overrides or {}).get(
+                "method", RunConfig.model_fields["method"].default)
+            raw = deep_merge(deep_merge(start, method_preset(scale, method)), above)
             for seed in seeds if seeds is not None else study.seeds:
                 try:
                     config = methods.check(RunConfig.model_validate(

@@ -67,6 +67,30 @@ def test_paper_recipes_per_table():
     assert pixel.model.patch_size == 1 and not pixel.pretrain.norm_pix_loss
 
 
+def test_table7_baselines_pretrain_with_their_official_recipes():
+    """'The MAE and DINO are pretrained using their official implementations': at paper scale
+    their optimizer recipe is theirs, over the study's schedule; RandSAC's cells, the controls
+    and what a user asks for are untouched."""
+    table7 = load_study("table7")
+    cells = {(c.setting, c.control): c.config for c in expand(table7, "paper") if c.dataset == "cifar10"}
+    dino, mae = cells[("DINO", False)], cells[("MAE (75% mask)", False)]
+    randsac = cells[("RandSAC-Square 16->4", False)]
+    assert (dino.pretrain.base_lr, dino.pretrain.min_lr, dino.pretrain.weight_decay) == (5e-4, 1e-6, 0.04)
+    assert dino.pretrain.betas == (0.9, 0.999) and dino.dino.weight_decay_end == 0.4
+    assert (dino.dino.clip_grad, dino.dino.freeze_last_layer) == (3.0, 1)
+    assert (mae.pretrain.base_lr, mae.pretrain.betas, mae.pretrain.mask_ratio) == (1.5e-4, (0.9, 0.95), 0.75)
+    assert (randsac.pretrain.base_lr, randsac.pretrain.betas) == (1e-3, (0.9, 0.999))  # Table 16's
+    for config in (dino, mae):  # same schedule as the study's RandSAC cells
+        assert (config.pretrain.epochs, config.pretrain.batch_size, config.pretrain.warmup_epochs) == \
+            (randsac.pretrain.epochs, randsac.pretrain.batch_size, randsac.pretrain.warmup_epochs)
+    controls = {methods.signature(c, "linprobe") for (_, control), c in cells.items() if control}
+    assert len(controls) == 1  # one random-init control: the baselines' recipes are pre-training only
+    asked = {c.setting: c.config for c in expand(table7, "paper", {"pretrain": {"base_lr": 2e-4}})}
+    assert asked["DINO"].pretrain.base_lr == asked["MAE (75% mask)"].pretrain.base_lr == 2e-4  # the user's word last
+    by_override = {c.setting: c.config for c in expand(table7, "paper", {"method": "dino"})}
+    assert by_override["RandSAC-Square 16->4"].pretrain.base_lr == 5e-4  # a cell made DINO gets DINO's recipe
+
+
 @pytest.mark.skipif(not REPORTED.exists(), reason=f"{REPORTED} not found")
 def test_studies_carry_every_reported_number():
     rows = list(csv.DictReader(REPORTED.open()))

@@ -154,6 +154,10 @@ class DinoConfig(_Strict):
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
     local_crop_size: int | None = None  # default: half the image size, a multiple of the patch
+    # the official training loop's stabilisers (facebookresearch/dino main_dino.py)
+    clip_grad: float | None = Field(3.0, gt=0)  # each parameter's gradient norm clipped to this
+    freeze_last_layer: int = Field(1, ge=0)  # epochs during which the head's last layer does not train
+    weight_decay_end: float | None = Field(0.4, ge=0)  # cosine from pretrain.weight_decay to this; None: constant
 
 
 class LinprobeConfig(OptimConfig):

@@ -136,7 +136,9 @@ class Task:
     """What a stage trains: `module` (put in train mode each epoch) with its optimizer and
     schedule on `train_set`, `loss(batch, epoch)` of one batch already on the device (a tensor,
     or (tensor, other values to average per epoch) such as its floor), what the checkpoint holds
-    (`saved`), and optionally `evaluate()` -> top-1 on the split `eval_split` and
+    (`saved`), and optionally `evaluate()` -> top-1 on the split `eval_split`,
+    `before_step(optimizer, epoch, global step, total steps)` between the backward pass and the
+    optimizer step (DINO's clipping, frozen last layer and weight-decay schedule) and
     `after_step(global step, total steps)` after each optimizer step (DINO's teacher)."""
 
     train_set: Dataset
@@ -148,6 +150,7 @@ class Task:
     saved: dict[str, Any]
     evaluate: Callable[[], float] | None = None
     eval_split: str = "test"
+    before_step: Callable[[torch.optim.Optimizer, int, int, int], None] | None = None
     after_step: Callable[[int, int], None] | None = None
 
 
@@ -199,6 +202,8 @@ def fit(ctx, task: Task) -> list[dict]:
             loss.backward()
             if dist.active:
                 dist.average_gradients(task.module.parameters())
+            if task.before_step is not None:
+                task.before_step(task.optimizer, epoch, epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
             task.optimizer.step()
             task.schedule.step()
             if task.after_step is not None:

@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     optimizer, schedule = engine.optimizer_and_schedule(model, cfg.pretrain, len(train), **fused)
     history = engine.fit(ctx, engine.Task(
         train_set=train, opt=cfg.pretrain, module=model, optimizer=optimizer, schedule=schedule,
-        loss=method.loss, after_step=method.after_step,
+        loss=method.loss, before_step=method.before_step, after_step=method.after_step,
         saved={"model": model, "optimizer": optimizer, "schedule": schedule}))
     if ctx.dist.is_main:
         atomic_save(model.encoder.state_dict(), ctx.run.encoder)

@@ -17,8 +17,9 @@ from harness.science.transforms import pretrain_transform
 
 class Method:
     """One instance per stage run. Pre-training calls `build` (a model with an `.encoder`),
-    `transform` (the augmentation of its training images), `loss(batch, epoch)` for every step
-    and `after_step(step, total)` after every optimizer step. Evaluation calls
+    `transform` (the augmentation of its training images), `loss(batch, epoch)` for every step,
+    `before_step(optimizer, epoch, step, total)` between its backward pass and the optimizer
+    step, and `after_step(step, total)` after every optimizer step. Evaluation calls
     `initial_encoder`."""
 
     def __init__(self, cfg: RunConfig):
@@ -44,6 +45,9 @@ class Method:
         """The loss of one training batch (already on the device), optionally with other
         per-batch values to average over the epoch (e.g. its floor, `loss_floor`)."""
         raise ValueError(f"method {self.cfg.method} has no pre-training stage")
+
+    def before_step(self, optimizer: torch.optim.Optimizer, epoch: int, step: int, total_steps: int) -> None:
+        """Runs after the backward pass, before the optimizer step; nothing by default."""
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Runs after every optimizer step (DINO's teacher update); nothing by default."""

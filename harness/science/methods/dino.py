@@ -3,7 +3,9 @@
 Student and teacher encoders with DINO projection heads; the teacher is an exponential moving
 average of the student (momentum cosine-scheduled to 1); multi-crop views from lightly's
 DINOTransform (2 global + `local_views` local crops; local crops get interpolated position
-encodings); lightly's DINOLoss (centering, teacher temperature warm-up).
+encodings); lightly's DINOLoss (centering, teacher temperature warm-up). The official training
+loop's stabilisers: each parameter's gradient clipped, the head's last layer frozen for the
+first epoch(s), weight decay cosine-scheduled up (0.04 -> 0.4 in the official recipe).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ class DINO(nn.Module):
         self.encoder = Encoder(cfg, image_size, in_chans)
         init_weights(self.encoder)
         def head() -> DINOProjectionHead:
-            return DINOProjectionHead(cfg.embed_dim, dino.hidden_dim, dino.bottleneck_dim, dino.out_dim)
+            return DINOProjectionHead(cfg.embed_dim, dino.hidden_dim, dino.bottleneck_dim, dino.out_dim,
+                                      freeze_last_layer=dino.freeze_last_layer)
 
         self.head, self.teacher_head = head(), head()  # weight-normed heads cannot be deep-copied
         self.teacher_head.load_state_dict(self.head.state_dict())
@@ -39,12 +42,23 @@ class DINO(nn.Module):
         self.criterion = DINOLoss(dino.out_dim, dino.warmup_teacher_temp, dino.teacher_temp,
                                   dino.warmup_teacher_temp_epochs, dino.student_temp)
         self.base_momentum = dino.momentum
+        self.clip_grad = dino.clip_grad
 
     def loss(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         with torch.no_grad():
             teacher_out = [self.teacher_head(self.teacher.features(v)) for v in views[:2]]
         student_out = [self.head(self.encoder.features(v)) for v in views]
         return self.criterion(teacher_out, student_out, epoch=epoch)
+
+    @torch.no_grad()
+    def stabilise_gradients(self, epoch: int) -> None:
+        """As the official loop: clip each student parameter's gradient norm, then drop the last
+        layer's gradients while it is frozen (no update, no weight decay)."""
+        if self.clip_grad is not None:
+            for p in [*self.encoder.parameters(), *self.head.parameters()]:
+                if p.grad is not None:
+                    nn.utils.clip_grad_norm_(p, self.clip_grad)
+        self.head.cancel_last_layer_gradients(epoch)
 
     @torch.no_grad()
     def update_teacher(self, step: int, total_steps: int) -> None:
@@ -85,6 +99,14 @@ class Method(Base):
     def loss(self, batch, epoch: int) -> torch.Tensor:
         views, _labels = batch
         return self.model.loss(views, epoch)
+
+    def before_step(self, optimizer: torch.optim.Optimizer, epoch: int, step: int, total_steps: int) -> None:
+        self.model.stabilise_gradients(epoch)
+        start, end = self.cfg.pretrain.weight_decay, self.cfg.dino.weight_decay_end
+        if end is not None:  # the decayed group only: norms and biases stay at 0
+            for group in optimizer.param_groups:
+                if group["weight_decay"] > 0:
+                    group["weight_decay"] = cosine_schedule(step, total_steps, start, end)
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.model.update_teacher(step, total_steps)
