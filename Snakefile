@@ -43,10 +43,12 @@ for _study in PLAN.studies:
 
 
 # One rule per stage. A stage job runs harness.launch, which submits the run through submitit
-# and waits for it. params.args is what defines the run (stage, config, parent): Snakemake
-# redoes a run when it changes. params.job (executor settings, tracking store, MLflow tags of
-# the table asking) takes `output`, which makes it a derived param that Snakemake does not
-# compare: another table, or other executor settings, asking for a finished run do not redo it.
+# and waits for it. params.args is what defines the run (stage, signature, parent): Snakemake
+# redoes a run when it changes. params.job (the whole config, which launch checks against the
+# signature, executor settings, tracking store, MLflow tags of the table asking) takes `output`,
+# which makes it a derived param that Snakemake does not compare: another table, other executor
+# or runtime settings, or a new field in a config section the run does not read, asking for a
+# finished run do not redo it.
 for _stage in STAGES:
     rule:
         name: _stage

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", required=True, choices=STAGES)
     ap.add_argument("--results", required=True, type=Path, help="the results folder")
     ap.add_argument("--config", required=True, help="resolved RunConfig as JSON")
+    ap.add_argument("--signature", default=None, help="the run's signature; the config must have it")
     ap.add_argument("--parent", default=None, help="signature of the pre-training run (evaluation stages)")
     ap.add_argument("--executor", default="{}", help="executor settings as JSON")
     ap.add_argument("--tracking-uri", required=True, help="the MLflow store every job logs to")
@@ -234,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     executor = ExecutorConfig.model_validate_json(args.executor)
     results = Results(args.results)
     run = results.run(methods.signature(cfg, args.stage))
+    if args.signature is not None and args.signature != run.signature:
+        print(f"[harness] {args.stage}: the config given has signature {run.signature}, not {args.signature}",
+              file=sys.stderr)
+        return 2
     done = run.result(args.stage)
     if done.exists():  # finished meanwhile (e.g. by a job that outlived an earlier launcher)
         print(f"[harness] {args.stage} {run.signature} already done: {json.loads(done.read_text())['metrics']}")

@@ -133,19 +133,22 @@ class Plan:
 
     def launch_args(self, sig: str, stage: str) -> str:
         """What defines the run `sig` of `stage`: the only arguments Snakemake compares between
-        invocations (its params), so a run asked for again by another table is not redone."""
+        invocations (its params). The signature stands for the config: what the run reads is
+        hashed in it, so a run asked for again by another table, with other runtime settings or
+        after a config section it does not read gained a field, is not redone."""
         run = self._run(sig, stage)
-        args = ["--stage", stage, "--results", str(self.results.root), "--config", run.config.model_dump_json()]
+        args = ["--stage", stage, "--results", str(self.results.root), "--signature", sig]
         if run.parent:
             args += ["--parent", run.parent]
         return shlex.join(args)
 
     def job_args(self, sig: str, stage: str) -> str:
-        """How this invocation submits the run and labels it in MLflow: the executor, the
-        tracking store and the tags of the first table that asks for it. Not part of what
-        Snakemake compares."""
-        return shlex.join(["--executor", self.executor.model_dump_json(), "--tracking-uri", self.store.uri,
-                           "--tags", json.dumps(self.mlflow_tags(sig, stage))])
+        """How this invocation runs it: the whole resolved config (launch checks that it has the
+        signature), the executor, the tracking store and the MLflow tags of the first table
+        that asks for it. Not part of what Snakemake compares."""
+        run = self._run(sig, stage)
+        return shlex.join(["--config", run.config.model_dump_json(), "--executor", self.executor.model_dump_json(),
+                           "--tracking-uri", self.store.uri, "--tags", json.dumps(self.mlflow_tags(sig, stage))])
 
     def mlflow_tags(self, sig: str, stage: str) -> dict[str, str]:
         """The run's name (what differs: setting, stage, seed, table), the cell it is in the

@@ -93,11 +93,24 @@ def test_asking_again_redoes_nothing(tmp_path, snakemake, job_counts, table3_tin
     # ... whatever executor settings or MLflow tags the asking invocation brings
     again = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", "executor={mem_gb: 3}")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # ... or runtime settings, which no signature hashes (Snakemake compares the signature, not
+    # the whole config, so a field added to a section a run does not read redoes no run either);
+    # only the table, whose command line names the overrides, is written again
+    again = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", "data={num_workers: 1}", "compile=true")
+    assert again.returncode == 0 and job_counts(again.stdout) == {"table3": 1}, again.stdout[-3000:]
     # another table sharing two of its cells (square M=1 = patch-random, M=2 = square-random) and
     # its control plans only its new cell: Snakemake does not redo runs another table asked for
     table4 = snakemake(tmp_path, "-n", "table4", "--config", "scale=tiny")
     assert table4.returncode == 0, table4.stderr
     assert job_counts(table4.stdout) == {"pretrain": 1, "linprobe": 1, "finetune": 1, "table4": 1}
+
+
+def test_launch_refuses_a_config_without_the_signature_asked_for(tmp_path, tiny_cfg):
+    from harness.launch import main
+
+    code = main(["--stage", "pretrain", "--results", str(tmp_path / "results"), "--signature", "000000000000",
+                 "--config", tiny_cfg().model_dump_json(), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert code == 2 and not (tmp_path / "results" / "runs").exists()
 
 
 def test_dry_run_all_plans_every_table_and_shares_runs(tmp_path, snakemake, job_counts):
