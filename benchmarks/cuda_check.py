@@ -18,12 +18,12 @@ import torch
 
 from harness.core.layout import RunFolder
 from harness.core.config import ModelConfig, SegmentConfig, dotted_to_nested
-from harness.runner import stage_module
+from harness.run.runner import stage_module
 from harness.stages.context import StageContext
 from harness.stages.engine import autocast
 from harness.science.model import RandSAC
 from harness.science.segments import Serializer
-from harness.studies import expand, load_study
+from harness.plan.studies import expand, load_study
 
 
 class Printer:

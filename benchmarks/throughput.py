@@ -39,12 +39,13 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from harness import studies
+from harness.plan import studies
 from harness.core.catalog import dataset_info
 from harness.core.config import RunConfig
 from harness.science import masks, methods
 from harness.science.device_transforms import DeviceAugment
-from harness.science.model import Classifier, LinearProbe, normalized_pixel_loss, patchify
+from harness.science.encoder import Classifier, LinearProbe
+from harness.science.pixel_loss import normalized_pixel_loss, patchify
 from harness.science.transforms import finetune_transform, pretrain_transform, probe_transform
 from harness.stages import linprobe
 from harness.stages.data import EpochOrder
@@ -52,7 +53,7 @@ from harness.stages.device_data import DeviceSet
 from harness.stages.engine import autocast
 from harness.stages.finetune import criterion_and_mixup
 
-TABLES = ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "table8", "table9", "table10")
+TABLES = tuple(studies.available_studies())  # every study: a new table is projected too
 
 
 def cifar_config() -> RunConfig:
@@ -136,7 +137,7 @@ class Bench:
     def __init__(self, cfg: RunConfig, device: torch.device, batch: int):
         torch.manual_seed(0)
         self.cfg, self.device, self.batch = cfg, device, batch
-        self.method = methods.load(cfg.method)(cfg)
+        self.method = methods.method(cfg.method)(cfg)
         self.model = self.method.build().to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
         info = dataset_info(cfg.data.name)

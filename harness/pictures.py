@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness.core.config import RunConfig
 from harness.core.layout import RunFolder
 from harness.science import methods
 from harness.science.pictures import serializations
@@ -24,8 +23,8 @@ from harness.stages.data import sample_images
 
 def reconstruction(run: RunFolder, out: Path | None = None, n: int = 4) -> Path | None:
     """Input | serialization | prediction for n test images, from a pre-training run's checkpoint."""
-    cfg = RunConfig.model_validate(yaml.safe_load(run.config.read_text())["config"])
-    method = methods.load(cfg.method)(cfg)
+    cfg = methods.validate(yaml.safe_load(run.config.read_text())["config"])
+    method = methods.method(cfg.method)(cfg)
     model = method.build()
     model.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=False)["state"]["model"])
     return method.reconstruction(sample_images(cfg, n), out or run.reconstruction)

@@ -3,9 +3,12 @@
     python -m harness.status table3                      # the local profile's settings
     python -m harness.status all --profile slurm --config scale=tiny
 
-done (its results) / running (epoch k/n, ETA) / queued (Slurm job id and reason) / failed (its
-last error line) / stopped (its job ended without a result) / not started; read from the run
-folders, MLflow and Slurm. Takes the same targets, profile and --config as Snakemake.
+done (its results) / stale (its results, made by other code than today's: the modules that
+changed, or its stale pre-training run; `--config rerun=stale` redoes it) / running (epoch k/n,
+ETA) / queued (Slurm job id and reason) / failed (its last error line) / stopped (its job ended
+without a result) / not started; read from the run folders, MLflow and Slurm. Takes the same
+targets, profile and --config as Snakemake; today's code is the `harness` package this command
+imports (harness.plan.stale).
 """
 from __future__ import annotations
 
@@ -19,17 +22,19 @@ from pathlib import Path
 
 import yaml
 
-from harness import slurm
-from harness.core.layout import RunFolder
+from harness.run import slurm
+from harness.run.watcher import Watcher
+from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
-from harness.studies import ROOT, ConfigError, StageRun
-from harness.workflow import Plan
+from harness.plan.stale import CodeState
+from harness.plan.studies import ROOT, ConfigError, StageRun
+from harness.plan.workflow import Plan
 
 
 
 @dataclass
 class Status:
-    state: str  # done | running | queued | failed | stopped | not started
+    state: str  # done | stale | running | queued | failed | stopped | not started
     detail: str = ""
 
 
@@ -72,15 +77,28 @@ def status(run: RunFolder, stage: str) -> Status:
         return Status("not started")
     job = json.loads(run.job.read_text())
     if job["cluster"] == "slurm":
-        live = slurm.queue_state(str(job["job_id"]))
+        # the workflow's shared view of the queue (one squeue for every run), newer than the job
+        since = run.job.stat().st_mtime
+        queue = Watcher(Results(run.path.parent.parent).slurm_queue).snapshot(fresh_after=since)
+        live = queue.state(str(job["job_id"]), since)
         if live and live[0] in slurm.WAITING:
             return Status("queued", f"Slurm job {job['job_id']} {live[0]}, reason {live[1]}")
-        if live:
+        if live and live[0] in slurm.LIVE:
             return Status("running", f"Slurm job {job['job_id']}: {progress(run)}")
     elif local_job_alive(str(job["job_id"])):
         return Status("running", f"local job {job['job_id']}: {progress(run)}")
     error = last_error(run)
     return Status("failed", error) if error else Status("stopped", f"job {job['job_id']} ended without a result")
+
+
+def with_code(st: Status, code: CodeState | None) -> Status:
+    """A done run made by other code than today's is stale, saying what changed; a done run
+    that recorded no code (made before runs recorded it) says so and stays done."""
+    if st.state != "done" or code is None:
+        return st
+    if code.stale:
+        return Status("stale", f"{st.detail}; {code.describe()}")
+    return Status("done", f"{st.detail}; code not recorded") if not code.recorded else st
 
 
 def line(sig: str, run: StageRun, st: Status) -> str:
@@ -117,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     counts: dict[str, int] = {}
     for sig, run in plan.runs.items():  # in study, cell, stage order
-        st = status(plan.results.run(sig), run.stage)
+        st = with_code(status(plan.results.run(sig), run.stage), plan.code.state(sig))
         counts[st.state] = counts.get(st.state, 0) + 1
         print(line(sig, run, st))
     print(f"[harness] {len(plan.runs)} runs at scale {plan.scale}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if counts.get("stale"):
+        print("[harness] stale runs stay as they are; to redo them with today's code: snakemake ... "
+              "--config rerun=stale (their results are kept in superseded-<when>/ of their run folders)")
+    print(plan.bill(args.targets))  # the unfinished runs' device-hours, from the last preflight
     return 0
 
 

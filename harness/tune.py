@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.core import metrics as names
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.layout import Results, RunFolder
-from harness.launch import ExecutorConfig, make_executor
+from harness.run.launch import ExecutorConfig, make_executor
 from harness.science import methods
-from harness.studies import ROOT, ConfigError, expand, load_study, one_line
-from harness.tracking import Store
+from harness.plan.studies import ROOT, ConfigError, expand, load_study, one_line
+from harness.run.tracking import Store
 
 
 class Param(BaseModel):
@@ -86,7 +86,7 @@ def base_config(search: Search, params: dict) -> RunConfig:
     raw = deep_merge(cells[0].config.model_dump(mode="json"),
                      deep_merge(params, {"data": {"validation": search.validation}, "seed": search.seed}))
     try:
-        return methods.check(RunConfig.model_validate(raw))
+        return methods.validate(raw)
     except ValidationError as err:
         raise ConfigError(f"search {search.name}: {one_line(err)}") from None
     except ValueError as err:
@@ -114,7 +114,7 @@ def suggest(trial, field_path: str, p: Param):
 
 def run_trial(search: Search, results: Results, tracking_uri: str | None, trial) -> float:
     """Pre-train and evaluate one trial in-process; every stage is an MLflow run."""
-    from harness.runner import run_stage
+    from harness.run.runner import run_stage
 
     params = {path: suggest(trial, path, p) for path, p in search.space.items()}
     cfg = base_config(search, dotted_to_nested(params))

@@ -1,9 +1,13 @@
-"""Shared fixtures: a results folder, a recording tracker, tiny configs, stage runs, Snakemake."""
+"""Shared fixtures: a results folder, a recording tracker, tiny configs, stage runs, Snakemake,
+an MLflow server or UI."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,11 +15,11 @@ import torch
 
 from harness.core.config import dotted_to_nested
 from harness.core.layout import RunFolder
-from harness.runner import stage_module
+from harness.run.runner import stage_module
 from harness.stages.checkpoint import Checkpoint
 from harness.stages.context import StageContext
 from harness.stages.distributed import SINGLE
-from harness.studies import expand, load_study
+from harness.plan.studies import expand, load_study
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -53,6 +57,26 @@ class StopAfter(Checkpoint):
         super().save(epoch, history, dist, **objects)
         if epoch >= self.epochs:
             raise self.Stop(f"stopped after epoch {epoch}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Two worker processes (pyproject: -n 2 --dist loadgroup) share the machine, not the cluster
+    or the session's runs: the tests that use the Slurm cluster run one after another on one
+    worker (its node has this machine's CPUs, and the sdiag test counts every RPC of the user),
+    and those reading the session's Table 3 on one worker (a session fixture is made once per
+    worker). A group is the `@<group>` suffix of a test's id, which loadgroup schedules as one
+    unit; it is set here because xdist 3.8's own `xdist_group` marker sets an attribute that
+    pytest 9 no longer reads (`_nodeid`; pytest 9 keeps the id in `_id`)."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
+        return
+    from _pytest.nodes import coerce_node_id
+
+    for item in items:
+        group = ("slurm" if item.get_closest_marker("slurm") else
+                 "table3" if "table3_tiny" in getattr(item, "fixturenames", ()) else None)
+        if group:
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture
@@ -154,3 +178,39 @@ def table3_tiny(tmp_path_factory):
     out = run_snakemake(workdir, "table3", "--config", "scale=tiny", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return workdir, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start_mlflow():
+    """Start `mlflow server` or `mlflow ui` (command) on 127.0.0.1 on a sqlite store and an
+    artifacts folder, from the folder cwd: (command, db, artifacts, cwd) -> its URL once /health
+    answers. Stopped when the test ends."""
+    started = []
+
+    def start(command: str, db: Path, artifacts: Path, cwd: Path) -> str:
+        port = free_port()
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), command, "--backend-store-uri",
+                                 f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(proc)
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                return url
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=60)

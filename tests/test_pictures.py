@@ -1,30 +1,16 @@
-"""Pictures: every segment type's serialization, and a pre-trained run's reconstructions."""
+"""The pictures command: a pre-trained run's reconstructions, drawn again."""
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
 from harness import pictures
 from harness.core.config import dotted_to_nested
 from harness.core.layout import RunFolder
-from harness.science.pictures import SHOWCASE, sample_panel, serializations
-from harness.studies import expand, load_study
+from harness.plan.studies import expand, load_study
 
 
-def test_serializations_picture(tmp_path):
-    out = serializations(tmp_path / "s.png")
-    img = np.asarray(Image.open(out))
-    assert img.shape[0] > 100 and img.shape[1] > 8 * 100  # one panel per showcased segmentation
-    assert img.std() > 20  # not blank
-
-
-def test_partition_outline_follows_hierarchy():
-    segments, ranks, partitions = sample_panel(SHOWCASE["square 16->4"], 8, 0)
-    assert partitions is not None and len(np.unique(partitions)) == 4
-    for p in np.unique(partitions):  # partitions are contiguous in the order
-        r = np.unique(ranks[partitions == p])
-        assert (np.diff(np.sort(r)) == 1).all()
-
-
+@pytest.mark.integration  # a pre-training stage
 def test_reconstruction_of_a_pretrained_run(tmp_path, recorder, run_stage_here):
     """Pre-training draws its reconstructions and logs them; the command draws them again."""
     cell = expand(load_study("table3"), "tiny", dotted_to_nested({"pretrain.epochs": 1}))[1]

@@ -13,7 +13,7 @@ from harness.core.catalog import dataset_info
 from harness.core.config import dotted_to_nested
 from harness.science.transforms import eval_transform
 from harness.stages.data import splits
-from harness.studies import ConfigError, expand, load_study
+from harness.plan.studies import ConfigError, expand, load_study
 from harness.tune import base_config, load_search
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,7 @@ def test_search_with_two_local_workers(tmp_path):
     check_search(tmp_path, run_search(tmp_path, {"kind": "local", "cpus_per_task": 1}))
 
 
+@pytest.mark.integration
 @pytest.mark.slurm
 def test_optuna_search_with_two_slurm_workers(tmp_path, slurm):
     """A tiny search, 2 workers as a Slurm job array sharing a journal file: every trial complete, unique."""

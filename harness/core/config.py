@@ -1,7 +1,9 @@
-"""The run configuration: one validated, frozen section per concern, and the stage list.
+"""The run configuration: one validated, frozen section per concern that every method shares.
 
-What a run's signature hashes depends on its method: see `harness.science.methods`. This module
-imports nothing heavy (no torch), so configs validate and Snakemake plans without it.
+The stage sections (`pretrain`, `linprobe`, `finetune`) come from the stage declarations
+(harness.core.stages); a method's own settings are a section named after it, added by its file
+(harness.science.methods). What a run's signature hashes: see `harness.science.methods`. This
+module imports nothing heavy (no torch), so configs validate and Snakemake plans without it.
 """
 from __future__ import annotations
 
@@ -10,16 +12,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from harness.core.catalog import dataset_info
-
-# The stage runs of a cell, in the order they run: every stage list of the harness is this one.
-STAGES = ("pretrain", "linprobe", "finetune")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from harness.core.stages import DECLARED, Strict as _Strict
 
 
 def default_data_root() -> str:
@@ -116,74 +112,13 @@ class SegmentConfig(_Strict):
             raise ValueError("segments.coherent=false (shuffled segments) cannot be grouped into a hierarchy")
 
 
-class OptimConfig(_Strict):
-    epochs: int = Field(gt=0)
-    warmup_epochs: float = Field(0, ge=0)
-    batch_size: int = Field(gt=0)
-    base_lr: float = Field(gt=0)  # lr = base_lr * batch_size / 256
-    min_lr: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.95)
-    momentum: float = 0.9  # lars / sgd
+class _Shared(_Strict):
+    """What every run reads, whatever its method; `RunConfig` adds a section per stage."""
 
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.batch_size / 256
-
-
-class PretrainConfig(OptimConfig):
-    norm_pix_loss: bool = True
-    mask_ratio: float = Field(0.75, gt=0, lt=1)  # MAE only
-    crop_scale: tuple[float, float] | None = (0.2, 1.0)  # RandomResizedCrop scale; None: no crop
-    hflip: float = Field(0.5, ge=0, le=1)
-
-
-class DinoConfig(_Strict):
-    """DINO (Caron et al. 2021) as run by lightly's head, loss and multi-crop transform."""
-
-    out_dim: int = Field(65536, gt=0)
-    hidden_dim: int = Field(2048, gt=0)
-    bottleneck_dim: int = Field(256, gt=0)
-    teacher_temp: float = Field(0.04, gt=0)
-    warmup_teacher_temp: float = Field(0.04, gt=0)
-    warmup_teacher_temp_epochs: int = Field(30, ge=0)
-    student_temp: float = Field(0.1, gt=0)
-    momentum: float = Field(0.996, gt=0, le=1)  # teacher EMA, cosine-scheduled to 1
-    local_views: int = Field(6, ge=0)
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    local_crop_size: int | None = None  # default: half the image size, a multiple of the patch
-    # the official training loop's stabilisers (facebookresearch/dino main_dino.py)
-    clip_grad: float | None = Field(3.0, gt=0)  # each parameter's gradient norm clipped to this
-    freeze_last_layer: int = Field(1, ge=0)  # epochs during which the head's last layer does not train
-    weight_decay_end: float | None = Field(0.4, ge=0)  # cosine from pretrain.weight_decay to this; None: constant
-
-
-class LinprobeConfig(OptimConfig):
-    augment: bool = True  # MAE's RandomResizedCrop+flip; False: features computed once and cached
-
-
-class FinetuneConfig(OptimConfig):
-    layer_decay: float = Field(0.75, gt=0, le=1)
-    drop_path: float = Field(0.1, ge=0, lt=1)
-    mixup: float = Field(0.8, ge=0)
-    cutmix: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    rand_augment: str | None = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale (timm's default)
-    hflip: float = Field(0.5, ge=0, le=1)
-
-
-class RunConfig(_Strict):
-    method: str = "randsac"  # harness.science.methods names them and checks what each needs
+    method: str = "randsac"  # harness.science.methods names them; a method may add a section of its own
     data: DataConfig
     model: ModelConfig
-    segments: SegmentConfig = SegmentConfig()
-    pretrain: PretrainConfig
-    linprobe: LinprobeConfig
-    finetune: FinetuneConfig
-    dino: DinoConfig = DinoConfig()
+    segments: SegmentConfig = SegmentConfig()  # RandSAC's segments and serialization
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # runtime
     # runtime: torch.compile pre-training's forward (masks built from the ranks included) and
@@ -212,7 +147,7 @@ class RunConfig(_Strict):
         return {**raw, "segments": {**{k_: v for k_, v in seg.items() if k_ != "count"}, "size": grid // side}}
 
     @model_validator(mode="after")
-    def _geometry(self) -> "RunConfig":
+    def _geometry(self):
         p = self.model.patch_size
         for name, side in (("image_size", self.data.image_size), ("eval_image_size", self.eval_size)):
             if side % p:
@@ -229,6 +164,11 @@ class RunConfig(_Strict):
     @property
     def eval_size(self) -> int:
         return self.data.eval_image_size or self.data.image_size
+
+
+RunConfig = create_model("RunConfig", __base__=_Shared, __module__=__name__,
+                         **{stage.name: (stage.config, ...) for stage in DECLARED})
+RunConfig.__doc__ = "A run's whole config: the shared sections and one section per declared stage."
 
 
 # Fields that say where or how a run executes, not what it computes: kept out of signatures.

@@ -2,9 +2,14 @@
 
     results/
       runs/<signature>/   one stage run: config.yaml, checkpoint.pt, encoder.pt, <stage>.json,
-                          progress.json, mlflow_run_id, job.json, submitit/<attempt>/ (job logs)
+                          progress.json, mlflow_run_id, job.json, code.json, submitit/<attempt>/ (job logs),
+                          superseded-<when>/ (earlier results, kept when it was redone with newer code)
+      code/<hash>/harness/  a snapshot of the package: the code the jobs that name it run
       mlflow.db           the default MLflow store (sqlite); mlartifacts/ its artifacts
+      .launch/            <stage>-<signature>-<hash>.json: what a stage job is launched with
+      .slurm/             queue-<user>.json: the Slurm queue as the waiting launchers share it
       tables/             <table>.md|.tex|.csv
+      preflight/          <target>.md|.csv: the last preflight of a target (a few steps of every run)
       tune/<search>/      Optuna searches: journal, trials, best.yaml
 
 The workflow, the launcher, the stages, the tables, the searches and the Snakefile's output
@@ -70,8 +75,18 @@ class RunFolder:
         return self.path / "job.json"
 
     @property
+    def code(self) -> Path:
+        """The code snapshot the run's jobs run, the one its checkpoint is written by."""
+        return self.path / "code.json"
+
+    @property
     def submitit(self) -> Path:
         return self.path / "submitit"
+
+    def superseded(self) -> list[Path]:
+        """Earlier results of this run, each in `superseded-<when it finished>/`, kept when the
+        run was started over with newer code (`--config rerun=stale`); oldest first."""
+        return sorted(p for p in self.path.glob("superseded-*") if p.is_dir())
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,21 @@ class Results:
     def result_pattern(self, stage: str) -> str:
         """Snakemake's output pattern of a stage's result, `{sig}` the wildcard."""
         return str(self.run("{sig}").result(stage))
+
+    @property
+    def code(self) -> Path:
+        """Snapshots of the package, one folder per code version jobs were submitted with."""
+        return self.root / "code"
+
+    @property
+    def slurm_queue(self) -> Path:
+        """The workflow's shared view of the Slurm queue (harness.run.watcher): queue-<user>.json and its lock."""
+        return self.root / ".slurm"
+
+    @property
+    def launch(self) -> Path:
+        """What each stage job is launched with (config, executor, tracking store, tags): one JSON per job."""
+        return self.root / ".launch"
 
     @property
     def mlflow_db(self) -> Path:
@@ -105,6 +135,14 @@ class Results:
 
     def table(self, name: str, ext: str) -> Path:
         return self.tables / f"{name}.{ext}"
+
+    @property
+    def preflights(self) -> Path:
+        """results/preflight/: <target>.md|.csv, the last preflight of a target; <target>/ its jobs' logs."""
+        return self.root / "preflight"
+
+    def preflight(self, target: str, ext: str) -> Path:
+        return self.preflights / f"{target}.{ext}"
 
     def search(self, name: str) -> Path:
         return self.root / "tune" / name

@@ -1,14 +1,16 @@
 """Metric names, defined once: what the stages log, the tables read and the searches optimize."""
 from __future__ import annotations
 
+from harness.core.stages import BY_METRIC
+
 LOSS = "loss"
 LOSS_FLOOR = "loss_floor"  # the loss of the model that learned nothing (pixel methods: an all-zero prediction)
 LOSS_RATIO = "loss_ratio"  # loss / loss_floor: near 1, pre-training has learned nothing
 NOT_LEARNED_RATIO = 0.9  # a pre-training that ends at or above this ratio is marked in the tables
 LR = "lr"
 RESUMED_AT_EPOCH = "resumed_at_epoch"
-TABLE_METRIC_STAGE = {"lin": "linprobe", "ft": "finetune"}  # a table's metric -> the stage that reports it
-TABLE_METRIC_NAME = {"lin": "LIN", "ft": "FT"}
+TABLE_METRIC_STAGE = {m: s.name for m, s in BY_METRIC.items()}  # a table's metric -> the stage that reports it
+TABLE_METRIC_NAME = {m: s.label for m, s in BY_METRIC.items()}
 
 
 def acc1(split: str) -> str:

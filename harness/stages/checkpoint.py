@@ -6,16 +6,14 @@ one would be (the data order of epoch e is a function of (seed, e) alone).
 """
 from __future__ import annotations
 
-import errno
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from harness.core.files import write_atomic
 from harness.stages.distributed import SINGLE, Dist
 
 
@@ -34,28 +32,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class DiskFull(OSError):
-    """No space left where a checkpoint (or an encoder) is written; the previous file is intact."""
-
-
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write next to `path`, fsync, then rename: a kill or a full disk mid-write leaves the old
-    file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err):
-            kept = "the previous one is intact" if path.exists() else "there was none before"
-            raise DiskFull(errno.ENOSPC, f"no space left on the device of {path}: the write stopped and {kept}; "
-                                         f"free space there and ask again to resume") from None
-        raise
+    """torch.save `obj` to `path` atomically: a kill or a full disk mid-write (DiskFull) leaves
+    the previous file intact."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class Checkpoint:

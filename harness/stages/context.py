@@ -6,16 +6,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
 from harness.core.catalog import DatasetInfo, dataset_info
 from harness.core.config import RunConfig
+from harness.core.files import write_text_atomic
 from harness.core.layout import RunFolder
 from harness.science import methods
 from harness.science.methods.base import Method
-from harness.science.model import Encoder
+from harness.science.encoder import Encoder
 from harness.stages import data
 from harness.stages.checkpoint import Checkpoint
 from harness.stages.distributed import SINGLE, Dist
@@ -45,6 +46,7 @@ class StageContext:
     checkpoint: Checkpoint = field(default=None)  # default: the run folder's
     name: str = ""  # what its progress lines call it, e.g. "M=2 · pretrain · s0 · table3"
     stop: Callable[[], bool] | None = None  # asked after every step: stop there (preemption, time limit)
+    meter: Any = None  # told when each step's batch is on the device and when its step ends (a preflight's timer)
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
@@ -59,7 +61,7 @@ class StageContext:
         return dataset_info(self.cfg.data.name)
 
     def method(self) -> Method:
-        return methods.load(self.cfg.method)(self.cfg)
+        return methods.method(self.cfg.method)(self.cfg)
 
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop()
@@ -68,15 +70,17 @@ class StageContext:
         if self.dist.is_main and self.tracker is not None:
             self.tracker.log(metrics, step=step)
 
+    def say(self, text: str) -> None:
+        """One line to the job's log (rank 0), named as its progress lines are; the launcher echoes it."""
+        if self.dist.is_main:
+            print(f"[{self.name or self.run.signature}] {text}", flush=True)
+
     def progress(self, progress) -> None:
         """One line per epoch to the job's log, and the run folder's progress.json (rank 0)."""
         if not self.dist.is_main:
             return
         print(progress.line(self.name or self.run.signature), flush=True)
-        self.run.progress.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.run.progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**asdict(progress), "time": time.time()}))
-        tmp.replace(self.run.progress)
+        write_text_atomic(self.run.progress, json.dumps({**asdict(progress), "time": time.time()}))
 
     def log_artifact(self, path: Path) -> None:
         if self.dist.is_main and self.tracker is not None:

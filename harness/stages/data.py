@@ -12,7 +12,8 @@ Datasets (items are ``(PIL.Image, int)`` before the transform, like torchvision'
 - ``imagenet100``, ``imagenet1k``: torchvision's ImageFolder over ``<root>/imagenet/{train,val}``.
 
 `splits` gives a stage its training and evaluation sets (test split, or a validation share held
-out of training for searches); augmentations come from harness.science.transforms.
+out of training for searches); augmentations come from harness.science.transforms. Training's
+random draws derive from the run's seed by three rules: `rank_seed`, `epoch_seed`, `item_seed`.
 """
 from __future__ import annotations
 
@@ -248,6 +249,24 @@ def sample_images(cfg: RunConfig, n: int) -> torch.Tensor:
     return torch.stack([test[i][0] for i in range(n)])
 
 
+# --------------------------------------------------------------------------- seeds
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A rank's own streams: its global RNG in multi-process runs (masks, serializations) and
+    the seed its augmentations derive from (`item_seed`)."""
+    return seed * 7919 + rank
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The order of epoch `epoch`'s items (EpochOrder) and its DataLoader's own generator."""
+    return seed * 100_003 + epoch
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation of item `index` (SeededItems), or of batch `index` on the device, in epoch `epoch`."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
 # --------------------------------------------------------------------------- epochs
 
 class EpochOrder(Sampler[int]):
@@ -262,7 +281,7 @@ class EpochOrder(Sampler[int]):
 
     def order(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
@@ -293,13 +312,13 @@ class SeededItems(Dataset):
         return len(self.ds)
 
     def __getitem__(self, index: int):
-        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        seed = item_seed(self.seed, self.epoch, index)
         torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
         # the CPU stream only: torch.manual_seed also queues a seed for every accelerator, which
         # on a CUDA build without an initialised device records a stack trace per call (~1 ms)
-        torch.default_generator.manual_seed(item_seed)
-        np.random.seed(item_seed % 2**32)
-        random.seed(item_seed)
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
         try:
             return self.ds[index]
         finally:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from harness.core.catalog import DataError
 from harness.core.config import RunConfig
 from harness.science.device_transforms import DeviceAugment
-from harness.stages.data import CIFAR_LOADERS, MNIST5k
+from harness.stages.data import CIFAR_LOADERS, MNIST5k, item_seed
 
 FITS_ON_DEVICE = ("mnist5k", *CIFAR_LOADERS)
 
@@ -72,5 +72,5 @@ class DeviceSet:
         for k in range(len(order) // batch_size):
             step = first_step + k
             index = torch.as_tensor(order[k * batch_size:(k + 1) * batch_size], device=self.images.device)
-            draws = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + step)
+            draws = torch.Generator().manual_seed(item_seed(seed, epoch, step))
             yield self.augment(self.images[index], draws), self.labels[index]

@@ -1,8 +1,9 @@
-"""The training loop every stage shares, and what it needs: device, seeds, loaders, schedule.
+"""The training loop every stage shares, and what it needs: device, seeds, batches, schedule.
 
 A stage (pretrain.py, linprobe.py, finetune.py) builds a `Task` (what it trains and how it
 scores a batch) and calls `fit(ctx, task)`: the epoch loop, resumed from the stage's checkpoint,
-logging one line of metrics per epoch. The data order of epoch e is a function of (seed, e)
+logging one line of metrics per epoch; `train_one_epoch` runs the steps of one epoch on the
+batches of the training set's `BatchSource`. The data order of epoch e is a function of (seed, e)
 alone, an item's augmentation a function of (seed, e, item) (of (seed, e, step) for a training set
 kept on the device, harness.stages.device_data), and the RNG states and the position
 in the epoch are in the checkpoint, so a resumed run continues exactly, from the end of an epoch
@@ -16,17 +17,19 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from harness.core import metrics as names
-from harness.core.config import OptimConfig, RunConfig
+from harness.core.config import RunConfig
+from harness.core.stages import OptimConfig
 from harness.core.errors import StageStopped
-from harness.stages.data import EpochOrder, SeededItems
+from harness.stages.data import EpochOrder, SeededItems, epoch_seed, rank_seed
 from harness.stages.device_data import DeviceSet
+from harness.stages.distributed import Dist
 
 
 class NonFiniteLoss(RuntimeError):
@@ -65,7 +68,7 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, *, shuffle
     """The loader of one epoch, from batch `start_batch` on; its order depends on (seed, epoch) only."""
     batch_size = min(batch_size, len(ds)) if drop_last else batch_size
     order = EpochOrder(len(ds), seed, epoch, shuffle, rank, world_size, start=start_batch * batch_size)
-    own = torch.Generator().manual_seed(seed * 100_003 + epoch)  # the loader's draws leave the global stream alone
+    own = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the loader's draws leave the global stream alone
     return DataLoader(ds, batch_size=batch_size, sampler=order, drop_last=drop_last, num_workers=num_workers,
                       generator=own, pin_memory=torch.cuda.is_available())
 
@@ -154,6 +157,70 @@ class Task:
     after_step: Callable[[int, int], None] | None = None
 
 
+class BatchSource(Protocol):
+    """Where a training set's batches come from, chosen once per stage (`batch_source`)."""
+
+    def batches(self, epoch: int, first_step: int) -> Iterable:
+        """This rank's batches of epoch `epoch`, from step `first_step` on."""
+
+
+@dataclass
+class LoaderBatches:
+    """A dataset's batches through `epoch_loader`; its items are fixed (cached features)."""
+
+    items: Dataset
+    batch_size: int  # this rank's
+    seed: int
+    dist: Dist
+    num_workers: int = 0
+
+    def batches(self, epoch: int, first_step: int) -> Iterable:
+        return epoch_loader(self.items, self.batch_size, self.seed, epoch, num_workers=self.num_workers,
+                            rank=self.dist.rank, world_size=self.dist.world_size, start_batch=first_step)
+
+
+class SeededLoaderBatches(LoaderBatches):
+    """`LoaderBatches` of items augmented as (seed, epoch, item) say (`items`: SeededItems)."""
+
+    def batches(self, epoch: int, first_step: int) -> Iterable:
+        self.items.set_epoch(epoch)
+        return super().batches(epoch, first_step)
+
+
+@dataclass
+class DeviceBatches:
+    """A DeviceSet's batches: the items in EpochOrder, as `epoch_loader` gives them, each batch
+    augmented on the device as (seed, epoch, step) say."""
+
+    items: DeviceSet
+    batch_size: int  # this rank's
+    seed: int
+    dist: Dist
+
+    def batches(self, epoch: int, first_step: int) -> Iterable:
+        order = EpochOrder(len(self.items), self.seed, epoch, rank=self.dist.rank, world_size=self.dist.world_size,
+                           start=first_step * self.batch_size).order()
+        return self.items.batches(order, min(self.batch_size, len(self.items)), rank_seed(self.seed, self.dist.rank),
+                                  epoch, first_step)
+
+
+def batch_source(train_set: Dataset | DeviceSet, batch_size: int, seed: int, dist: Dist,
+                 num_workers: int = 0) -> BatchSource:
+    """How `train_set` gives this rank its batches of `batch_size`: a DeviceSet augments each
+    batch itself, a TensorDataset's items are fixed tensors (cached features: nothing to seed),
+    any other dataset's items are augmented in its loader, seeded per item (SeededItems)."""
+    if isinstance(train_set, DeviceSet):
+        return DeviceBatches(train_set, batch_size, seed, dist)
+    if isinstance(train_set, TensorDataset):
+        return LoaderBatches(train_set, batch_size, seed, dist, num_workers)
+    return SeededLoaderBatches(SeededItems(train_set, rank_seed(seed, dist.rank)), batch_size, seed, dist, num_workers)
+
+
+def where(epoch: int, epochs: int, steps_done: int, per_epoch: int) -> str:
+    """A position in training as progress lines count it: 0-based `epoch` is "epoch epoch+1/epochs"."""
+    return f"epoch {epoch + 1}/{epochs}, step {steps_done}/{per_epoch}"
+
+
 def fit(ctx, task: Task) -> list[dict]:
     """The epoch loop every stage shares; resumes from `ctx.checkpoint`, returns the metric history.
 
@@ -162,59 +229,25 @@ def fit(ctx, task: Task) -> list[dict]:
     loss has a floor, and the lr. With several ranks each trains on its shard with batch_size /
     world_size images and gradients are averaged before a step.
     """
-    dist, opt_cfg, device = ctx.dist, task.opt, ctx.device
+    dist, opt_cfg = ctx.dist, task.opt
     if opt_cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {opt_cfg.batch_size} does not split over {dist.world_size} processes")
-    rank_batch = opt_cfg.batch_size // dist.world_size
     start, history, position = ctx.checkpoint.resume(dist, **task.saved)
     per_epoch = steps_per_epoch(len(task.train_set), opt_cfg.batch_size)
     if start or position:
-        ctx.log({names.RESUMED_AT_EPOCH: start + position["step"] / per_epoch if position else start}, step=start)
+        done = position["step"] if position else 0
+        ctx.log({names.RESUMED_AT_EPOCH: start + done / per_epoch}, step=start)
+        ctx.say(f"resuming at {where(start, opt_cfg.epochs, done, per_epoch)} from {ctx.checkpoint.path}")
     if dist.active and not (start or position):  # one random stream per rank (serializations, masks)
-        seed_everything(ctx.cfg.seed * 7919 + dist.rank)
-    train_set = task.train_set  # a TensorDataset's items are fixed tensors (cached features): nothing to seed
-    if not isinstance(train_set, (TensorDataset, DeviceSet)):  # a DeviceSet seeds each batch itself
-        train_set = SeededItems(train_set, ctx.cfg.seed * 7919 + dist.rank)
+        seed_everything(rank_seed(ctx.cfg.seed, dist.rank))
+    source = batch_source(task.train_set, opt_cfg.batch_size // dist.world_size, ctx.cfg.seed, dist,
+                          ctx.cfg.data.num_workers)
     started = time.perf_counter()
     for epoch in range(start, opt_cfg.epochs):
         epoch_start = time.perf_counter()
-        task.module.train()
-        first = position["step"] if position and epoch == start else 0
-        sums: dict[str, float] = dict(position["sums"]) if first else {}
-        count = first
-        if isinstance(train_set, SeededItems):
-            train_set.set_epoch(epoch)
-        if isinstance(train_set, DeviceSet):
-            order = EpochOrder(len(train_set), ctx.cfg.seed, epoch, rank=dist.rank, world_size=dist.world_size,
-                               start=first * rank_batch).order()
-            loader = train_set.batches(order, min(rank_batch, len(train_set)), ctx.cfg.seed * 7919 + dist.rank,
-                                       epoch, first)
-        else:
-            loader = epoch_loader(train_set, rank_batch, ctx.cfg.seed, epoch, num_workers=ctx.cfg.data.num_workers,
-                                  rank=dist.rank, world_size=dist.world_size, start_batch=first)
-        for step, batch in enumerate(loader, start=first):
-            batch = to_device(batch, device)
-            with autocast(device):
-                loss = task.loss(batch, epoch)
-            loss, extras = loss if isinstance(loss, tuple) else (loss, {})
-            check_finite(loss, epoch, step)
-            task.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.active:
-                dist.average_gradients(task.module.parameters())
-            if task.before_step is not None:
-                task.before_step(task.optimizer, epoch, epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
-            task.optimizer.step()
-            task.schedule.step()
-            if task.after_step is not None:
-                task.after_step(epoch * per_epoch + step, opt_cfg.epochs * per_epoch)
-            for key, value in {names.LOSS: loss, **extras}.items():
-                sums[key] = sums.get(key, 0.0) + value.item()
-            count += 1
-            if dist.any(ctx.stop_requested()):  # preemption, a time limit: keep this step, then stop
-                ctx.checkpoint.save(epoch, history, dist, position={"step": count, "sums": sums}, **task.saved)
-                raise StageStopped(f"stopped on request at epoch {epoch}, step {count}/{per_epoch}; "
-                                   f"checkpoint {ctx.checkpoint.path} continues from there")
+        at = position if epoch == start else None
+        first = at["step"] if at else 0
+        sums, count = train_one_epoch(ctx, task, epoch, source.batches(epoch, first), per_epoch, history, at)
         metrics = {key: dist.mean(total / count) for key, total in sums.items()}
         if names.LOSS_FLOOR in metrics:
             metrics[names.LOSS_RATIO] = metrics[names.LOSS] / metrics[names.LOSS_FLOOR]
@@ -226,9 +259,56 @@ def fit(ctx, task: Task) -> list[dict]:
         ctx.checkpoint.save(epoch + 1, history, dist, **task.saved)
         now = time.perf_counter()
         done_here = epoch + 1 - start - (first / per_epoch if epoch == start else 0)
+        # a job stopped after the last step of an epoch resumes with none of it left: no step
+        # timed yet, no ETA to give (it divided by zero)
+        eta = (now - started) / done_here * (opt_cfg.epochs - epoch - 1) if done_here > 0 else 0.0
         ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, (count - first) * opt_cfg.batch_size / (now - epoch_start),
-                              now - started, (now - started) / done_here * (opt_cfg.epochs - epoch - 1)))
+                              now - started, eta))
     return history
+
+
+def train_one_epoch(ctx, task: Task, epoch: int, batches: Iterable, per_epoch: int, history: list[dict],
+                    position: dict | None = None) -> tuple[dict[str, float], int]:
+    """The steps of epoch `epoch` on `batches` (MAE's engine_pretrain.train_one_epoch); returns the
+    sums of the loss and of every other value it returns, and the number of steps summed.
+
+    `position`: where a resumed epoch starts (`step`, the `sums` of the steps before it), None
+    for a whole epoch; `history`: the epochs before, for the checkpoint written when the stage is
+    asked to stop (it then raises StageStopped).
+    """
+    dist, device, total_steps = ctx.dist, ctx.device, task.opt.epochs * per_epoch
+    first = position["step"] if position else 0
+    sums: dict[str, float] = dict(position["sums"]) if first else {}
+    count = first
+    task.module.train()
+    for step, batch in enumerate(batches, start=first):
+        batch = to_device(batch, device)
+        if ctx.meter is not None:  # a preflight times the data and the compute of each step apart
+            ctx.meter.fetched()
+        with autocast(device):
+            loss = task.loss(batch, epoch)
+        loss, extras = loss if isinstance(loss, tuple) else (loss, {})
+        check_finite(loss, epoch, step)
+        task.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if dist.active:
+            dist.average_gradients(task.module.parameters())
+        if task.before_step is not None:
+            task.before_step(task.optimizer, epoch, epoch * per_epoch + step, total_steps)
+        task.optimizer.step()
+        task.schedule.step()
+        if task.after_step is not None:
+            task.after_step(epoch * per_epoch + step, total_steps)
+        for key, value in {names.LOSS: loss, **extras}.items():
+            sums[key] = sums.get(key, 0.0) + value.item()
+        count += 1
+        if ctx.meter is not None:
+            ctx.meter.stepped(loss)
+        if dist.any(ctx.stop_requested()):  # preemption, a time limit: keep this step, then stop
+            ctx.checkpoint.save(epoch, history, dist, position={"step": count, "sums": sums}, **task.saved)
+            raise StageStopped(f"stopped on request at {where(epoch, task.opt.epochs, count, per_epoch)}; "
+                               f"checkpoint {ctx.checkpoint.path} continues from there")
+    return sums, count
 
 
 @dataclass

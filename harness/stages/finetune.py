@@ -11,8 +11,8 @@ import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from harness.core.config import FinetuneConfig
-from harness.science.model import Classifier
+from harness.core.stages import FinetuneConfig
+from harness.science.encoder import Classifier
 from harness.science.transforms import eval_transform, finetune_transform
 from harness.stages import engine
 from harness.stages.context import StageContext

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from harness.core.catalog import DatasetInfo
 from harness.science.device_transforms import DeviceAugment
-from harness.science.model import Encoder, LinearProbe
+from harness.science.encoder import Encoder, LinearProbe
 from harness.science.transforms import eval_transform, probe_transform
 from harness.stages import device_data, engine
 from harness.stages.context import StageContext

@@ -1,42 +1,74 @@
-"""What every method is: how it pre-trains, and where its evaluation stages get their encoder."""
+"""What every method is: the stages its cells run, its own settings, its defaults per scale, its
+checks, how it pre-trains and where its evaluation stages get their encoder.
+
+A method's module imports nothing heavy at its top: planning, the launcher and the tables read a
+method's settings and defaults without torch (a waiting launcher stays a small process); the
+functions that train import what they need when they run.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from harness.core.catalog import dataset_info
 from harness.core.config import RunConfig
-from harness.core.layout import RunFolder
-from harness.science.model import Encoder
-from harness.science.device_transforms import DeviceAugment
-from harness.science.transforms import pretrain_transform
+from harness.core.stages import STAGES, Strict
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from harness.core.layout import RunFolder
+    from harness.science.device_transforms import DeviceAugment
+    from harness.science.encoder import Encoder
+
+
+class Settings(Strict):
+    """A method's own hyper-parameters: the config section named after the method."""
 
 
 class Method:
-    """One instance per stage run. Pre-training calls `build` (a model with an `.encoder`),
-    `transform` (the augmentation of its training images), `loss(batch, epoch)` for every step,
-    `before_step(optimizer, epoch, step, total)` between its backward pass and the optimizer
-    step, and `after_step(step, total)` after every optimizer step. Evaluation calls
-    `initial_encoder`."""
+    """One class per method file, registered by name in harness.science.methods.
+
+    Planning reads its class attributes: `stages` (the stage runs of a cell, in order),
+    `settings` (its own section's model, or None), `reads` (the shared sections its pre-training
+    reads besides method, data, model, pretrain and seed: what its signature hashes), `presets`
+    (scale -> what it changes in that scale's preset, e.g. an official optimizer recipe) and
+    `check(cfg)`. A stage makes one instance per run: pre-training calls `build` (a model with an
+    `.encoder`), `transform` (the augmentation of its training images), `loss(batch, epoch)` for
+    every step, `before_step(optimizer, epoch, step, total)` between its backward pass and the
+    optimizer step, and `after_step(step, total)` after every optimizer step. Evaluation calls
+    `initial_encoder`.
+    """
+
+    stages: ClassVar[tuple[str, ...]] = STAGES
+    settings: ClassVar[type[Settings] | None] = None
+    reads: ClassVar[tuple[str, ...]] = ()
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.info = dataset_info(cfg.data.name)
         self.model: nn.Module | None = None
 
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Raise ValueError when the config cannot run with this method; nothing by default."""
+
     def build(self) -> nn.Module:
         raise ValueError(f"method {self.cfg.method} has no pre-training stage")
 
     def transform(self) -> Callable:
         """MAE's pre-training augmentation (random resized crop + flip, as `pretrain` says)."""
+        from harness.science.transforms import pretrain_transform
+
         pre = self.cfg.pretrain
         return pretrain_transform(self.info, self.cfg.data.image_size, pre.crop_scale, pre.hflip)
 
     def device_augment(self) -> DeviceAugment | None:
         """The same augmentation batched on the device (None: the method has no device form)."""
+        from harness.science.device_transforms import DeviceAugment
+
         pre = self.cfg.pretrain
         return DeviceAugment(self.info.mean, self.info.std, self.cfg.data.image_size,
                              None if pre.crop_scale is None else tuple(pre.crop_scale), hflip=pre.hflip)
@@ -58,6 +90,7 @@ class Method:
 
     def initial_encoder(self, encoder: Encoder, parent: RunFolder | None) -> Encoder:
         """The encoder evaluation starts from: the weights its pre-training run `parent` saved."""
+        import torch
+
         encoder.load_state_dict(torch.load(parent.encoder, map_location="cpu", weights_only=True))
         return encoder
-

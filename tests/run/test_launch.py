@@ -1,0 +1,56 @@
+"""The launch entry point a Snakemake job runs."""
+
+
+def test_launch_refuses_a_config_without_the_signature_asked_for(tmp_path, tiny_cfg):
+    from harness.run.launch import main
+
+    code = main(["--stage", "pretrain", "--results", str(tmp_path / "results"), "--signature", "000000000000",
+                 "--config", tiny_cfg().model_dump_json(), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert code == 2 and not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_local_job_that_missed_the_first_sigterm_is_still_stopped(tmp_path):
+    """A task still starting up has submitit's SIGTERM handler, which ignores the signal; the
+    launcher sends it again until the task stops (and does not wait out its grace)."""
+    import subprocess
+    import sys
+    import time
+
+    from harness.run.launch import stop_local_job
+
+    script = ("import signal, time\n"
+              "seen = []\n"
+              "signal.signal(signal.SIGTERM, lambda *_: seen.append(1))\n"
+              "print('ready', flush=True)\n"
+              "while len(seen) < 2: time.sleep(0.05)\n")  # the first SIGTERM is ignored
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+
+    class Job:
+        job_id = str(proc.pid)
+
+        def done(self):
+            return proc.poll() is not None
+
+        def cancel(self, check=False):
+            proc.kill()
+
+    start = time.time()
+    stop_local_job(Job(), grace_s=60, resend_s=0.5)
+    assert proc.returncode == 0  # it stopped by itself on the second SIGTERM, not cancelled
+    assert time.time() - start < 30
+
+
+def test_a_failed_job_is_reported_by_its_own_last_error_line():
+    """submitit's FailedJobError ends with the paths of the logs; the reason is the job's error."""
+    import submitit
+
+    from harness.run.launch import error_line
+
+    err = submitit.core.utils.FailedJobError(
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+        "last):\n  File \"engine.py\", line 9, in fit\nharness.core.errors.NonFiniteLoss: loss is nan at epoch 1/2\n\n"
+        "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+        "  - /r/1_0_log.err\n  - /r/1_0_log.out")
+    assert error_line(err) == "harness.core.errors.NonFiniteLoss: loss is nan at epoch 1/2"
+    assert error_line(RuntimeError("first\nlast")) == "RuntimeError: last"

@@ -1,0 +1,94 @@
+"""MLflow under load and under failure: concurrent writers, sqlite races (a NaN loss through
+Snakemake: workflow/test_snakemake.py)."""
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+
+from harness.core.layout import Results
+from harness.run.tracking import EXPERIMENT, Store
+
+
+@pytest.mark.integration  # eight stage processes at once
+def test_eight_concurrent_stages_lose_nothing(results_dir):
+    """8 processes each log a whole stage (params, 40 epochs of metrics) to one sqlite store."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from harness.core.layout import Results
+        from harness.run.tracking import StageTracker, Store
+        i = int(sys.argv[1])
+        results = Results(Path({str(results_dir)!r}))
+        run = results.run(f"run{{i}}")
+        run.path.mkdir(parents=True)
+        params = {{"model": {{"depth": i, "embed_dim": 32}}, "seed": i}}
+        with StageTracker(Store.of(results), run, {{"signature": f"sig{{i}}", "stage": "pretrain"}}, params,
+                          prefix="pretrain") as t:
+            for epoch in range(40):
+                t.log({{"loss": 1.0 / (epoch + 1) + i, "lr": 0.1}}, step=epoch)
+            t.log({{"final_loss": float(i)}}, step=0)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+    assert not any("database is locked" in e for e in errors)
+    client = mlflow.MlflowClient(Store.of(Results(results_dir)).uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        i = int(r.data.tags["signature"][3:])
+        history = client.get_metric_history(r.info.run_id, "pretrain/loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(40))
+        assert r.data.params["model.depth"] == str(i) and r.data.metrics["pretrain/final_loss"] == i
+
+
+def test_retry_rides_out_sqlite_races_and_nothing_else(monkeypatch):
+    """'database is locked' and two jobs inserting the same new dataset at once are retried; any
+    other error is raised at once."""
+    from harness.run import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    for transient in ("(sqlite3.OperationalError) database is locked",
+                      "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"):
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) < 3:
+                raise RuntimeError(transient)
+            return "logged"
+        assert tracking.retry(flaky) == "logged" and len(calls) == 3
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry(broken)
+    assert len(calls) == 1
+
+
+def test_a_run_finished_after_a_failure_says_it_recovered(results_dir):
+    """`scancel`, then asking again: the MLflow run ends FINISHED without a `failure` tag (a filter
+    on tags.failure finds only runs that are failed now); `recovered` keeps what happened."""
+    from harness.run.launch import mark_failed
+    from harness.run.tracking import StageTracker
+
+    results = Results(results_dir)
+    run = results.run("abc123")
+    run.path.mkdir(parents=True)
+    store = Store.of(results)
+    with pytest.raises(KeyboardInterrupt):
+        with StageTracker(store, run, {"signature": "abc123", "stage": "pretrain"}, {}, prefix="pretrain"):
+            raise KeyboardInterrupt  # the job stopped
+    mark_failed(store.uri, results, run, "Slurm job 12 CANCELLED by 0", killed=True)
+    run_id = run.mlflow_run_id.read_text().strip()
+    assert store.client().get_run(run_id).data.tags["failure"] == "Slurm job 12 CANCELLED by 0"
+    with StageTracker(store, run, {"signature": "abc123", "stage": "pretrain"}, {}, prefix="pretrain"):
+        pass  # asked again: it finishes
+    finished = store.client().get_run(run_id)
+    assert finished.info.status == "FINISHED" and "failure" not in finished.data.tags
+    assert finished.data.tags["recovered"] == "Slurm job 12 CANCELLED by 0"
