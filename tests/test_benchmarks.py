@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_throughput_measures_every_path_and_projects_the_tables():
+    # One thread: beside the other pytest worker's jobs on 2 cores, a 2-thread step at batch 4
+    # waits at every OpenMP barrier for a descheduled thread (docs/findings.md: 0.4 img/s, not 25).
     out = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--batch", "4", "--steps",
-                          "1", "--images", "64", "--workers", "0"], cwd=ROOT, capture_output=True, text=True,
+                          "1", "--images", "64", "--workers", "0", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {}
