@@ -118,6 +118,15 @@ def test_table7_baselines_pretrain_with_their_official_recipes():
     assert by_override["RandSAC-Square 16->4"].pretrain.base_lr == 5e-4  # a cell made DINO gets DINO's recipe
 
 
+def test_table7_baselines_at_smoke_pretrain_at_their_measured_learning_rates():
+    """At smoke RandSAC's 4.8e-2 left MAE's probe on the random-init control and DINO's loss at
+    ln(out_dim) (docs/findings.md): each baseline has its own rate, RandSAC keeps smoke's."""
+    cells = {c.setting: c.config for c in expand(load_study("table7"), "smoke") if not c.control}
+    assert cells["MAE (75% mask)"].pretrain.base_lr == 1.5e-2
+    assert cells["DINO"].pretrain.base_lr == 5e-3
+    assert cells["RandSAC-Square 16->4"].pretrain.base_lr == 4.8e-2
+
+
 @pytest.mark.skipif(not REPORTED.exists(), reason=f"{REPORTED} not found")
 def test_studies_carry_every_reported_number():
     rows = list(csv.DictReader(REPORTED.open()))
