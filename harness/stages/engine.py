@@ -242,6 +242,8 @@ def fit(ctx, task: Task) -> list[dict]:
         seed_everything(rank_seed(ctx.cfg.seed, dist.rank))
     source = batch_source(task.train_set, opt_cfg.batch_size // dist.world_size, ctx.cfg.seed, dist,
                           ctx.cfg.data.num_workers)
+    if ctx.meter is not None:  # a preflight times one evaluation after its steps
+        ctx.meter.evaluation = task.evaluate
     started = time.perf_counter()
     for epoch in range(start, opt_cfg.epochs):
         epoch_start = time.perf_counter()

@@ -56,6 +56,15 @@ def test_projection_is_epochs_times_images_over_rate_times_devices(tiny_cfg):
     assert project({"stage": "pretrain", "step_img_s": None}, cfg, executor)["device_h"] is None
 
 
+def test_projection_adds_the_setup_once_and_an_evaluation_per_epoch(tiny_cfg):
+    cfg = tiny_cfg()  # tiny: 256 training images, linprobe batch 64
+    executor = ExecutorConfig(kind="slurm", gpus_per_node=2, tasks_per_node=2)
+    out = project({"stage": "linprobe", "step_img_s": 64.0, "setup_s": 30.0, "eval_s": 5.0}, cfg, executor)
+    assert out["epochs"] == cfg.linprobe.epochs and out["train_images"] == 256
+    assert out["wall_h"] == pytest.approx((30.0 + cfg.linprobe.epochs * (256 / (64.0 * 2) + 5.0)) / 3600)
+    assert out["device_h"] == pytest.approx(out["wall_h"] * 2)
+
+
 def test_evaluations_that_differ_only_in_their_pretraining_are_measured_once(tiny_cfg):
     m1, m2 = tiny_cfg(0), tiny_cfg(1)  # square M=1 and M=2
     assert computes_as(m1, "pretrain") != computes_as(m2, "pretrain")
@@ -80,6 +89,9 @@ def test_measure_runs_a_few_steps_and_keeps_nothing(tiny_cfg, tmp_path, monkeypa
     assert record["steps"] == 2 and len(record["losses"]) == 3 and all(map(math.isfinite, record["losses"]))
     assert 0 < record["step_img_s"] <= record["compute_img_s"]
     assert 0 < record["peak_mem_gb"] < record["capacity_gb"]
+    assert 0 < record["setup_s"] < record["seconds"]
+    assert (record["eval_s"] is None) == (stage == "pretrain")  # evaluation stages time one evaluation
+    assert stage == "pretrain" or 0 < record["eval_s"] < record["seconds"]
     assert list(tmp_path.iterdir()) == []  # the run folder is gone; no checkpoint was written anywhere
 
 

@@ -4,8 +4,9 @@ would get, before any full job (`snakemake ... TARGET --config preflight=true`).
 Each stage run trains with its real recipe, its real per-device batch and its real data path for
 `warmup` + `steps` steps, then stops. Measured per run: ok or the one-line error; images/s of the
 whole step (data included) and of the compute alone (a data-loading stall shows as the gap);
-peak device memory against the device's capacity; from those, the projected wall time and
-device-hours of the full run. Nothing of a run is kept: it trains in a temporary folder, logs to
+peak device memory against the device's capacity; the seconds from the start to the first batch
+(setup: data, model, a probe's cached features) and of one evaluation; from those, the projected
+wall time and device-hours of the full run. Nothing of a run is kept: it trains in a temporary folder, logs to
 no MLflow run and writes no result; evaluation stages start from their encoder as initialised
 (no pre-training is waited for). The stage runs go in few jobs: on Slurm one per distinct model
 and dataset (submitted together), on the local executor one for all (one after another, so that

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,13 +46,16 @@ class Probe:
 class StepMeter:
     """Timestamps of a stage's steps, given by the training loop (`ctx.meter`): when the batch
     reached the device (`fetched`) and when the optimizer step ended (`stepped`). Full once
-    `warmup + steps` steps are done: the stage is then asked to stop."""
+    `warmup + steps` steps are done: the stage is then asked to stop. The loop also hands it the
+    stage's `evaluation` (top-1 on the evaluation split, run after every epoch), timed once
+    after the steps (`time_evaluation`)."""
 
     def __init__(self, device, warmup: int, steps: int):
         self.device, self.warmup, self.steps = device, warmup, steps
         self.fetch_t: list[float] = []
         self.step_t: list[float] = []
         self.losses: list[float] = []
+        self.evaluation: Callable[[], float] | None = None
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -70,6 +73,20 @@ class StepMeter:
 
     def full(self) -> bool:
         return len(self.step_t) >= self.warmup + self.steps
+
+    def setup_s(self, started: float) -> float | None:
+        """Seconds from the stage's start (`started`, a perf_counter time) to its first batch on
+        the device: what a full run spends once (building the model and the data, features
+        extracted for a cached-feature probe, data moved to the device)."""
+        return self.fetch_t[0] - started if self.fetch_t else None
+
+    def time_evaluation(self) -> float | None:
+        """Seconds of one evaluation of the stage, None for a stage without one."""
+        if self.evaluation is None:
+            return None
+        start = self._now()
+        self.evaluation()
+        return self._now() - start
 
     def rates(self, batch: int) -> tuple[int, float | None, float | None]:
         """(steps measured, images/s of the whole step, images/s of the compute alone). A whole
@@ -185,16 +202,20 @@ def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb
         ctx.meter, ctx.stop = meter, meter.full
         watch = MemoryWatch(device, limit_gb)
         started = time.perf_counter()
+        eval_s = None
         try:
             with watch:
-                metrics = stage_module(probe.stage).run(ctx)
-            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}  # a stage shorter than the preflight
-            if bad:
-                raise FloatingPointError(f"final metrics not finite: {bad}")
-        except StageStopped:
-            pass  # asked to stop once the meter was full: what a preflight wants
+                try:
+                    metrics = stage_module(probe.stage).run(ctx)
+                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}  # a stage shorter than the preflight
+                    if bad:
+                        raise FloatingPointError(f"final metrics not finite: {bad}")
+                except StageStopped:
+                    pass  # asked to stop once the meter was full: what a preflight wants
+                eval_s = meter.time_evaluation()  # its memory counts in the peak too
         except Exception as err:  # noqa: BLE001 -- every failure is this run's one line
             record.update(status="failed", error=one_line(err))
+        record.update(setup_s=meter.setup_s(started), eval_s=eval_s)
         record.update(seconds=time.perf_counter() - started, device=device_name(device),
                       peak_mem_gb=watch.peak / 2**30, capacity_gb=watch.capacity() / 2**30,
                       losses=meter.losses)

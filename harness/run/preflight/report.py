@@ -1,5 +1,5 @@
-"""Preflight, its report: each stage run's measurement projected onto its full run (epochs x images
-/ rate, x devices), the table printed and written (results/preflight/<target>.md|.csv), and the
+"""Preflight, its report: each stage run's measurement projected onto its full run (setup + epochs x
+(images / rate + one evaluation), x devices), the table printed and written (results/preflight/<target>.md|.csv), and the
 bill before a target runs, from the newest reports (`projected`)."""
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def train_images(cfg: RunConfig, stage: str) -> int:
 
 
 def project(record: dict, cfg: RunConfig, executor: ExecutorConfig) -> dict:
-    """The full run from the measured rate: epochs x images / (rate x processes), x devices.
-    Assumes the processes of a data-parallel run scale perfectly and leaves evaluation out."""
+    """The full run from the measurements: its one-off setup, then per epoch its training images
+    / (step rate x processes) and one evaluation; x devices. Assumes the processes of a
+    data-parallel run scale perfectly (each evaluates the whole split, as the stages do)."""
     stage = record["stage"]
     epochs = getattr(cfg, stage).epochs
     images = train_images(cfg, stage)
@@ -43,7 +44,8 @@ def project(record: dict, cfg: RunConfig, executor: ExecutorConfig) -> dict:
            "wall_h": None, "device_h": None}
     if record.get("step_img_s"):
         world = executor.tasks_per_node * executor.nodes
-        out["wall_h"] = epochs * images / (record["step_img_s"] * world) / 3600
+        epoch_s = images / (record["step_img_s"] * world) + (record.get("eval_s") or 0.0)
+        out["wall_h"] = ((record.get("setup_s") or 0.0) + epochs * epoch_s) / 3600
         out["device_h"] = out["wall_h"] * out["devices"]
     return out
 
@@ -72,7 +74,8 @@ class Report:
 
     def columns(self) -> list[str]:
         return ["target", "stage", "signature", "measured_as", "cell", "dataset", "model", "image_size", "batch_per_device",
-                "status", "error", "steps", "step_img_s", "compute_img_s", "peak_mem_gb", "capacity_gb", "device",
+                "status", "error", "steps", "step_img_s", "compute_img_s", "setup_s", "eval_s", "peak_mem_gb",
+                "capacity_gb", "device",
                 "epochs", "train_images", "devices", "wall_h", "device_h", "executor", "measured"]
 
     def csv(self) -> str:
@@ -103,8 +106,10 @@ class Report:
                          f"{hms(r['wall_h'] * 3600) if r.get('wall_h') else '—'} | {_num(r.get('device_h'), 2)} |")
         lines += ["", f"**Total: {self.total_device_h():,.1f} device-hours** projected for the full runs of "
                       f"{self.target} ({len(self.rows) - len(self.failed)} ok, {len(self.failed)} failed) on "
-                      f"this executor; training steps only (evaluation left out), data-parallel processes assumed "
-                      f"to scale perfectly; {self.rows[0]['device'] if self.rows else ''}."]
+                      f"this executor; a full run is its one-off setup (data, model, a probe's cached features), "
+                      f"then per epoch its steps at the measured rate and one evaluation (setup_s, eval_s in the "
+                      f"CSV); data-parallel processes assumed to scale perfectly; "
+                      f"{self.rows[0]['device'] if self.rows else ''}."]
         return "\n".join(lines) + "\n"
 
 
