@@ -6,9 +6,9 @@ Each stage run trains with its real recipe, its real per-device batch and its re
 whole step (data included) and of the compute alone (a data-loading stall shows as the gap);
 peak device memory against the device's capacity; the seconds from the start to the first batch
 (setup: data, model, a probe's cached features) and of one evaluation; from those, the projected
-wall time and device-hours of the full run. Nothing of a run is kept: it trains in a temporary folder, logs to
-no MLflow run and writes no result; evaluation stages start from their encoder as initialised
-(no pre-training is waited for). The stage runs go in few jobs: on Slurm one per distinct model
+wall time and device-hours of the full run. Nothing of a run is kept: it trains in a temporary
+folder, logs to no MLflow run and writes no result; evaluation stages start from their encoder as
+initialised (no pre-training is waited for). The stage runs go in few jobs: on Slurm one per distinct model
 and dataset (submitted together), on the local executor one for all (one after another, so that
 they do not share the CPU). The report lands in results/preflight/<target>.md and .csv.
 

@@ -1,6 +1,7 @@
-"""Preflight, its report: each stage run's measurement projected onto its full run (setup + epochs x
-(images / rate + one evaluation), x devices), the table printed and written (results/preflight/<target>.md|.csv), and the
-bill before a target runs, from the newest reports (`projected`)."""
+"""Preflight, its report: each stage run's measurement projected onto its full run (setup + epochs
+x (images / rate + one evaluation), x devices), the table printed and written
+(results/preflight/<target>.md|.csv), and the bill before a target runs, from the newest reports
+(`projected`)."""
 from __future__ import annotations
 
 import csv
@@ -75,8 +76,7 @@ class Report:
     def columns(self) -> list[str]:
         return ["target", "stage", "signature", "measured_as", "cell", "dataset", "model", "image_size", "batch_per_device",
                 "status", "error", "steps", "step_img_s", "compute_img_s", "setup_s", "eval_s", "peak_mem_gb",
-                "capacity_gb", "device",
-                "epochs", "train_images", "devices", "wall_h", "device_h", "executor", "measured"]
+                "capacity_gb", "device", "epochs", "train_images", "devices", "wall_h", "device_h", "executor", "measured"]
 
     def csv(self) -> str:
         buf = io.StringIO()
