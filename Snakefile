@@ -18,7 +18,8 @@ PY = sys.executable
 PLAN = Plan.for_snakefile(config, sys.argv[1:])
 
 onstart:
-    if not PLAN.preflight:  # a preflight logs nothing and launches no stage job
+    # a preflight logs nothing and launches no stage job; a table or the claims alone read result files
+    if not PLAN.preflight and any(job.rule.name in STAGES for job in workflow.dag.needrun_jobs()):
         PLAN.store.experiment_id()  # create the tracking store once, before jobs write to it
         PLAN.write_job_files()  # what each stage job is launched with (results/.launch/)
     # --config rerun=stale: the stale runs this invocation redoes keep their results aside first
@@ -80,6 +81,16 @@ for _study in PLAN.studies:
         output: PLAN.table_files(_study)
         localrule: True
         shell: "{PY} -m harness.report.tables {input.plan}"
+
+
+# The paper's claims over every table that has run (harness.report.summary): results/claims.md,
+# .csv and .png, from the table plans in results/tables and their runs' result files. It starts
+# no run: its inputs are the result files that exist, so it is redone when another run finishes.
+rule claims:
+    input: PLAN.claims_inputs()
+    output: PLAN.claims_files()
+    localrule: True
+    shell: "{PY} -m harness.report.summary {PLAN.results.root}"
 
 
 # One rule per stage. A stage job runs harness.run.launch, which submits the run through submitit

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.metrics import TABLE_METRIC_STAGE
 from harness.science import methods
+from harness.plan.claims import Claim, Comparison, comparisons
 from harness.plan.scales import SCALES, preset
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: studies/ lives there
@@ -75,6 +76,7 @@ class Study(BaseModel):
     seeds: list[int] = [0]
     paper: Numbers = {}  # the paper's numbers of the cells we run
     reported: Numbers = {}  # other methods' published numbers, printed beside ours, not run
+    claims: list[Claim] = []  # the paper's comparisons of these settings (harness.plan.claims)
 
     @field_validator("metrics")
     @classmethod
@@ -83,6 +85,49 @@ class Study(BaseModel):
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; the stages report {', '.join(TABLE_METRIC_STAGE)}")
         return metrics
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        return distinct_seeds(seeds, "seeds")
+
+    def combos(self) -> list[tuple[str, list[str], list[dict]]]:
+        """(setting, factor labels, config patches) of every cell, in the study's order. A setting
+        template naming no factor is refused in one line."""
+        names = list(self.factors)
+        out = []
+        for combo in itertools.product(*(self.factors[n].variants(n) for n in names)):
+            values = {n: value for n, (_, value, _) in zip(names, combo)}
+            labels = [label for label, _, _ in combo]
+            try:
+                setting = self.setting.format(**values) if self.setting else ", ".join(labels) or self.caption
+            except (KeyError, IndexError) as err:
+                raise ConfigError(f"study {self.name}: setting {self.setting!r} names {{{err.args[0]}}}, which is not "
+                                  f"a factor; its factors are {', '.join(names) or 'none'}") from None
+            out.append((setting, labels, [patch for _, _, patch in combo]))
+        return out
+
+    def settings(self) -> list[str]:
+        """The names of the study's cells (their columns or rows in the table)."""
+        return [setting for setting, _, _ in self.combos()]
+
+    def comparisons(self) -> list[Comparison]:
+        """What its claims compare, expanded (harness.plan.claims); names checked against the study."""
+        values = {n: [value for _, value, _ in f.variants(n)] for n, f in self.factors.items()}
+        try:
+            return comparisons(self.name, self.claims, self.settings(), values, self.metrics, self.datasets,
+                               self.reported)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def distinct_seeds(seeds: list[int], what: str) -> list[int]:
+    """Seeds as given, refused when one repeats: two cells of one seed are one run counted twice."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{what} {seeds} repeats {', '.join(map(str, repeated))}: one seed is one run; "
+                         f"list each seed once")
+    return seeds
 
 
 @dataclass(frozen=True)
@@ -135,7 +180,28 @@ def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
     for fname, factor in study.factors.items():
         if isinstance(factor.values, list) and not factor.field:
             raise ConfigError(f"study {name}: factor {fname} lists values but names no config field")
+    check_numbers(study, path)
+    study.comparisons()  # a claim naming what the study does not have is refused here
     return study
+
+
+def check_numbers(study: Study, path: Path) -> None:
+    """The paper's numbers name the study's datasets, cells and metrics: a typo would otherwise
+    leave a cell without its paper value, or fail later inside Snakemake."""
+    settings = study.settings()
+    for key, numbers, known in (("paper", study.paper, settings), ("reported", study.reported, None)):
+        for dataset, cells in numbers.items():
+            if dataset not in study.datasets:
+                raise ConfigError(f"{path}: {key}: dataset {dataset!r} is not one of the study's datasets "
+                                  f"({', '.join(study.datasets)})")
+            for setting, values in cells.items():
+                if known is not None and setting not in known:
+                    raise ConfigError(f"{path}: {key}: {dataset}: no cell {setting!r}; the cells are "
+                                      f"{', '.join(known)}")
+                wrong = [m for m in values if m not in study.metrics]
+                if wrong:
+                    raise ConfigError(f"{path}: {key}: {dataset}: {setting}: metric {wrong[0]!r} is not one the "
+                                      f"table reports ({', '.join(study.metrics)})")
 
 
 def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
@@ -150,8 +216,8 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; scales are {', '.join(SCALES)}")
-    names = list(study.factors)
-    combos = list(itertools.product(*(study.factors[n].variants(n) for n in names)))
+    seeds, overrides = cell_seeds(study, seeds, overrides or {})
+    combos = study.combos()
     cells = []
     for dataset in study.datasets:
         first = len(cells)
@@ -163,12 +229,9 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
         if start["data"]["name"] == dataset:  # not at scales where a stand-in replaces the dataset
             study_part = deep_merge(study_part, study.dataset_base.get(dataset, {}))
         study_part = deep_merge(study_part, study.scales.get(scale, {}))
-        for combo in combos:
-            labels = [label for label, _, _ in combo]
-            values = {n: value for n, (_, value, _) in zip(names, combo)}
-            setting = study.setting.format(**values) if study.setting else ", ".join(labels) or study.caption
+        for setting, labels, patches in combos:
             above = study_part  # everything above the method preset
-            for _, _, patch in combo:
+            for patch in patches:
                 above = deep_merge(above, patch)
             method = deep_merge(deep_merge(start, above), overrides or {}).get(
                 "method", RunConfig.model_fields["method"].default)
@@ -176,7 +239,7 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
                 raw = deep_merge(deep_merge(start, methods.preset(scale, method)), above)
             except ValueError as err:  # an unknown method
                 raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {err}") from None
-            for seed in seeds if seeds is not None else study.seeds:
+            for seed in seeds:
                 try:
                     config = methods.validate(deep_merge(deep_merge(raw, {"seed": seed}), overrides or {}))
                 except ValidationError as err:
@@ -187,6 +250,23 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
         if controls:
             cells += control_cells(cells[first:])
     return cells
+
+
+def cell_seeds(study: Study, seeds: list[int] | None, overrides: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+    """The seeds of a study's cells and the overrides without `seed`: an override `seed=1` is the
+    one seed of every cell (seeds [1]), so its runs, names and table say s1. `seed` together with
+    `seeds`, or a seed listed twice, is refused in one line."""
+    if "seed" in overrides:
+        if seeds is not None:
+            raise ConfigError(f"seed={overrides['seed']} and seeds={seeds} both given: seed=N is seeds=[N]; "
+                              f"give one of them")
+        seeds, overrides = [overrides["seed"]], {k: v for k, v in overrides.items() if k != "seed"}
+    if seeds is None:
+        return study.seeds, overrides
+    try:
+        return distinct_seeds(list(seeds), "seeds"), overrides
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def control_config(config: RunConfig) -> RunConfig:

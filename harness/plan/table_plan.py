@@ -8,7 +8,8 @@ study again. The file (JSON, `TablePlan`):
     format      1
     study       name, table (its number), caption, datasets (the paper's), metrics (lin, ft),
                 rows (the layout: "metric" or "setting"), paper and reported (the numbers:
-                dataset -> setting -> metric -> value)
+                dataset -> setting -> metric -> value), claims (the paper's comparisons, expanded:
+                harness.plan.claims.Comparison)
     scale       tiny | smoke | paper
     results     the results folder the signatures live in (relative to where Snakemake runs)
     cells       in the study's order, each: dataset (the paper's column), setting, short, seed,
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from harness.core.fingerprint import Fingerprint
 from harness.core.stages import DECLARED
 from harness.science import methods
+from harness.plan.claims import Comparison
 from harness.plan.studies import Cell, Study, control_config
 
 FORMAT = 1
@@ -101,10 +103,12 @@ class TableStudy(_Frozen):
     rows: Literal["metric", "setting"]
     paper: Numbers
     reported: Numbers
+    claims: list[Comparison] = []  # the paper's claims, expanded: what the table's claims section checks
 
     @classmethod
     def of(cls, study: Study) -> "TableStudy":
-        return cls.model_validate(study.model_dump(include=set(cls.model_fields)))
+        return cls.model_validate({**study.model_dump(include=set(cls.model_fields) - {"claims"}),
+                                   "claims": study.comparisons()})
 
 
 class PlannedCell(_Frozen):

@@ -153,8 +153,27 @@ class Plan:
         return self.results.result_pattern(stage)
 
     def table_files(self, study: Study | None = None) -> list[str]:
+        """What a table's rule writes and Snakemake tracks: Markdown, LaTeX, CSV, and its claims' CSV."""
         studies = [study] if study else self.studies
-        return [str(self.results.table(s.name, ext)) for s in studies for ext in ("md", "tex", "csv")]
+        return [str(self.results.table(s.name, ext)) for s in studies
+                for ext in ("md", "tex", "csv", *(["claims.csv"] if s.claims else []))]
+
+    def claims_files(self) -> list[str]:
+        """results/claims.md and .csv: the claims of every table that has run (harness.report.claims)."""
+        return [str(self.results.root / f"claims.{ext}") for ext in ("md", "csv")]
+
+    def claims_inputs(self) -> list[str]:
+        """What the `claims` target reads: every table plan in results/tables and the result files
+        of its runs that exist, so that it redoes the summary when a run finishes and starts none."""
+        found = []
+        for path in sorted(self.results.tables.glob("*.plan.json")):
+            try:
+                inputs = TablePlan.read(path).inputs()
+            except ValueError:  # a plan file of another format: the table rule writes it anew
+                continue
+            found.append(str(path))
+            found += [str(p) for stage, sig in inputs if (p := self.results.run(sig).result(stage)).exists()]
+        return found
 
     def table_plan(self, study: Study | str) -> TablePlan:
         """What the table of `study` shows (harness.plan.table_plan): its cells in this plan, each with
@@ -319,6 +338,7 @@ class Plan:
         dataset = f" · {cell.dataset}" if len(study.datasets) > 1 and run.config.data.name == cell.dataset else ""
         return {"mlflow.runName": f"{cell.short}{dataset} · {stage} · s{cell.seed} · {cell.study}",
                 "table": cell.study, "cell": cell.setting, "paper_dataset": cell.dataset, "scale": self.scale,
+                "seed": str(run.config.seed),
                 "cells": "; ".join(f"{c.study}: {c.label}" for c in run.cells),
                 "mlflow.note.content": self.description(run, stage)}
 
@@ -376,11 +396,11 @@ def studies_for(targets: list[str], studies_dir: Path = STUDIES_DIR) -> list[str
     """Studies a command line needs planned: the ones it names; None (all) for `all`, for no
     target or for a file target. A bare word that names nothing is refused."""
     names = available_studies(studies_dir)
-    rules = {"all", *STAGES}
+    rules = {"all", "claims", *STAGES}
     for target in targets:
         if "/" not in target and "." not in target and target not in names and target not in rules:
             raise ConfigError(f"unknown target {target!r}; targets are all, {', '.join(names)} "
-                              f"(one per studies/*.yaml)")
+                              f"(one per studies/*.yaml) and claims (the paper's claims over every table that has run)")
     if not targets or any(t not in names for t in targets):
         return None
     return list(targets)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -35,7 +34,8 @@ from harness.report.marks import (BELOW_CONTROL_MARK, BELOW_CONTROL_NOTE, NOT_LE
                                   STALE_MARK, below_control, not_learned, stale, stale_modules, stale_note)
 from harness.plan.studies import CONTROL_SETTING
 from harness.plan.table_plan import TablePlan, TableStudy
-from harness.report import bill
+from harness.report import bill, claims
+from harness.report.latex import tex_text
 
 MISSING = "—"
 
@@ -85,7 +85,7 @@ def collect(plan: TablePlan, runs: pd.DataFrame) -> pd.DataFrame:
         for metric in study.metrics:
             stage = names.TABLE_METRIC_STAGE[metric]
             runnable = [c for c in of_setting if stage in c.runs]
-            sigs = [c.runs[stage] for c in runnable]
+            sigs = list(dict.fromkeys(c.runs[stage] for c in runnable))  # a run counts once, whoever asks
             values = [by_sig[s] for s in sigs if s in by_sig]
             own_control = [] if of_setting[0].control else [
                 by_sig[s] for s in (c.control_runs.get(stage) for c in runnable) if s in by_sig]
@@ -95,7 +95,7 @@ def collect(plan: TablePlan, runs: pd.DataFrame) -> pd.DataFrame:
                          "setting": setting, "metric": names.TABLE_METRIC_NAME[metric],
                          "ours": pd.Series(values).mean() if values else None,
                          "std": pd.Series(values).std() if len(values) > 1 else None,
-                         "n": len(values), "seeds": len(runnable),
+                         "n": len(values), "seeds": len(sigs),
                          "paper": study.paper.get(dataset, {}).get(setting, {}).get(metric),
                          "source": ("control" if of_setting[0].control else "this run") if runnable else "not applicable",
                          "pretrain_ratio": max(ratios) if ratios else None,
@@ -211,20 +211,6 @@ def notes(long: pd.DataFrame) -> list[str]:
 
 # --------------------------------------------------------------------------- LaTeX
 
-def tex_text(text: str) -> str:
-    """Plain text to LaTeX: symbols in math, the paper's M, K and P as math, escapes."""
-    text = text.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("&", r"\&").replace("_", r"\_")
-    text = text.replace("#", r"\#").replace("`", "").replace("--", "-{}-")  # --config, not an en dash
-    text = re.sub(r"\b([MKP])=(\d+)", r"$\1{=}\2$", text)
-    text = re.sub(r"(?<![\w$])([MKP])(?![\w${])", r"$\1$", text)  # the paper's M, K, P standing alone
-    text = re.sub(r"(\d+)->(\d+)(?:->(\d+))?", lambda m: "$" + r"{\to}".join(g for g in m.groups() if g) + "$", text)
-    for plain, math in (("±", r"$\pm$"), ("—", "---"), ("×", r"$\times$"), ("≥", r"$\geq$"),
-                        (NOT_LEARNED_MARK, r"$^\dagger$"), (BELOW_CONTROL_MARK, r"$^\ddagger$"), ("->", r"$\to$"),
-                        (verdict.NOT_REPRODUCED_MARK, r"$^{\times}$"), (STALE_MARK, r"\textsuperscript{\S}")):
-        text = text.replace(plain, math)
-    return text
-
-
 def to_latex(frame: pd.DataFrame, label: str, short: str, note: str) -> str:
     """A booktabs table that drops into a paper: centred, the short caption (LaTeX numbers it),
     a \\cmidrule under every group header, the details in a footnote-size note under it."""
@@ -253,12 +239,16 @@ def to_latex(frame: pd.DataFrame, label: str, short: str, note: str) -> str:
 
 def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results | None = None) -> dict[str, Path]:
     """The table of `plan` as Markdown, LaTeX, CSV (the long form) and a figure (PNG, PDF), in
-    the tables folder of `results` (default: the plan's). `runs`: default, the plan's result files."""
+    the tables folder of `results` (default: the plan's); with the study's claims, their section
+    under the table and <table>.claims.csv|.png|.pdf (harness.report.claims). `runs`: default,
+    the plan's result files."""
     from harness.report.figures import draw
+    from harness.report.forest import draw as forest
 
     results = results or Results(Path(plan.results))
     study, scale = plan.study, plan.scale
-    long = collect(plan, read_runs(plan, results) if runs is None else runs)
+    runs = read_runs(plan, results) if runs is None else runs
+    long = collect(plan, runs)
     long, spent = bill.with_spent(long, plan, results)  # each cell's device-hours, as spent
     frame = wide(study, long)
     cfgs = [cell.config for cell in plan.cells if not cell.control]
@@ -267,9 +257,20 @@ def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results |
     paths = {ext: results.table(study.name, ext) for ext in ("md", "tex", "csv", "png", "pdf")}
     md = frame.copy()
     md.columns = [" ".join(str(part) for part in col[:-1]) + f" ({col[-1]})" for col in md.columns]
-    paths["md"].write_text(f"**Table {study.table}.** {title(study, scale)}\n\n{md.to_markdown(disable_numparse=True)}\n\n"
-                           + "\n\n".join(below) + "\n")
-    paths["tex"].write_text(to_latex(frame, study.name, title(study, scale), " ".join(below)))
+    text = f"**Table {study.table}.** {title(study, scale)}\n\n{md.to_markdown(disable_numparse=True)}\n\n" + "\n\n".join(below) + "\n"
+    tex = to_latex(frame, study.name, title(study, scale), " ".join(below))
+    if study.claims:  # what the table concludes: a section under it, its CSV and forest plot beside it
+        found = claims.check(plan, runs, long)
+        heading = f"Claims of Table {study.table} (scale {scale})"
+        text += "\n" + claims.markdown(found, heading)
+        tex += "\n" + claims.latex(found, study.name, f"{heading}: {claims.count(found)}.")
+        paths |= {f"claims.{ext}": results.table(study.name, f"claims.{ext}") for ext in ("csv", "png", "pdf")}
+        found.to_csv(paths["claims.csv"], index=False)
+        forest(found, f"Table {study.table}: the paper's claims at scale {scale}, our paired effect and its 95 % "
+                      f"interval, the paper's effect (×). {claims.count(found)}.", paths["claims.png"],
+               paths["claims.pdf"])
+    paths["md"].write_text(text)
+    paths["tex"].write_text(tex)
     long.to_csv(paths["csv"], index=False)
     draw(study, long, f"Table {study.table}. {title(study, scale)}", paths["png"], paths["pdf"])
     return paths

@@ -45,6 +45,10 @@ def test_table3_end_to_end_at_tiny_scale(table3_tiny):
     assert set(csv["paper_dataset"]) == {"cifar10"} and set(csv["dataset"]) == {"mnist5k"}  # the column, what ran
     assert csv[csv.source == "this run"]["paper"].notna().all() and csv[csv.source == "control"]["paper"].isna().all()
     assert csv[csv.source == "this run"]["pretrain_ratio"].notna().all()
+    # the paper's claims under it, one seed: each comparison's difference, and "needs seeds"
+    assert "**Claims of Table 3 (scale tiny).**" in md and "[1] square M=2 > square M=1" in md
+    claims = pd.read_csv(tables / "table3.claims.csv")
+    assert len(claims) == 4 and set(claims["verdict"]) == {"needs seeds"} and (claims["n"] == 1).all()
     # every epoch printed a progress line, and the local jobs' lines reached Snakemake's console
     assert out.stdout.count("[M=2 · pretrain · s0 · table3] epoch ") == 2  # tiny: 2 epochs
     assert "ETA 0:00:00" in out.stdout and "img/s" in out.stdout
@@ -111,6 +115,24 @@ def test_asking_again_redoes_nothing(tmp_path, snakemake, job_counts, table3_tin
     table4 = snakemake(tmp_path, "-n", "table4", "--config", "scale=tiny")
     assert table4.returncode == 0, table4.stderr
     assert job_counts(table4.stdout) == {"pretrain": 1, "linprobe": 1, "finetune": 1, "table4_plan": 1, "table4": 1}
+
+
+def test_the_claims_target_renders_from_finished_runs_with_no_tracking_store(tmp_path, snakemake, table3_tiny):
+    import shutil
+    import socket
+
+    workdir, _ = table3_tiny
+    shutil.copytree(workdir / "results", tmp_path / "results", ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    with socket.socket() as s:  # a port nothing listens on: no tracking server either
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}"
+    out = snakemake(tmp_path, "claims", "--config", "scale=tiny", f"tracking_uri={nowhere}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    md = (tmp_path / "results" / "claims.md").read_text()
+    assert md.startswith("# The paper's claims, checked\n\n**at tiny, 1 seed: 0 hold, 0 reversed, 0 unresolved, "
+                         "4 need seeds (one seed) of 4.**")
+    assert "Table 3 (scale tiny)" in md and (tmp_path / "results" / "claims.png").stat().st_size > 10_000
+    assert not (tmp_path / "results" / "mlflow.db").exists()
 
 
 def test_dry_run_all_plans_every_table_and_shares_runs(tmp_path, snakemake, job_counts):
