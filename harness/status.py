@@ -28,7 +28,7 @@ from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
 from harness.plan.stale import CodeState
 from harness.plan.studies import ROOT, ConfigError, StageRun
-from harness.plan.workflow import Plan
+from harness.plan.workflow import Plan, parse_config_words
 
 
 
@@ -116,18 +116,17 @@ def profile_config(profile: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from snakemake.cli import parse_config
-
     from harness.core.config import deep_merge
 
     ap = argparse.ArgumentParser(prog="python -m harness.status", description=__doc__.splitlines()[0])
     ap.add_argument("targets", nargs="*", default=["all"], help="all, table1 ... table10")
     ap.add_argument("--profile", default="local", help="local or slurm (its harness settings)")
-    ap.add_argument("--config", nargs="*", default=[], help="the same KEY=VALUE overrides as Snakemake's")
+    ap.add_argument("--config", nargs="*", action="extend", default=[],
+                    help="the same KEY=VALUE overrides as Snakemake's (may be given more than once)")
     ap.add_argument("--directory", type=Path, default=Path("."), help="where results/ is (Snakemake's --directory)")
     args = ap.parse_args(argv)
     try:
-        config = deep_merge(profile_config(args.profile), parse_config(args.config))
+        config = deep_merge(profile_config(args.profile), parse_config_words(args.config))
         os.chdir(args.directory)
         plan = Plan.from_snakemake_config(config, args.targets)
     except (ConfigError, OSError) as err:
@@ -147,4 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... | head` stopped reading: nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(0)

@@ -157,6 +157,28 @@ def slurm_cluster_problem() -> str | None:
     return None
 
 
+# The system programs some tests read their output with, and the Debian packages that bring them
+# (README: "What the tests need"): absent, such a test is skipped with its install line, except
+# under CI (CI=true), whose .ci/run installs them.
+READERS = {"pdflatex": "texlive-latex-base texlive-latex-recommended", "pdftoppm": "poppler-utils",
+           "chromium": "chromium"}
+
+
+def need_reader(program: str) -> None:
+    if shutil.which(program) is not None:
+        return
+    line = f"{program} is not installed: apt-get install {READERS[program]}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs it: {line}")
+    pytest.skip(line)
+
+
+@pytest.fixture
+def reader():
+    """need_reader: skip a test whose system reader is missing (fail under CI)."""
+    return need_reader
+
+
 @pytest.fixture(scope="session")
 def slurm():
     """The project's single-node Slurm cluster (cluster/start.sh): skipped with the reason when

@@ -168,6 +168,17 @@ def available_studies(studies_dir: Path = STUDIES_DIR) -> list[str]:
     return sorted((p.stem for p in studies_dir.glob("*.yaml")), key=lambda n: (len(n), n))
 
 
+def check_table_numbers(studies_dir: Path = STUDIES_DIR) -> None:
+    """Each study file is one table of the paper: two files saying the same `table:` are refused."""
+    seen: dict[int, str] = {}
+    for name in available_studies(studies_dir):
+        number = (yaml.safe_load((studies_dir / f"{name}.yaml").read_text()) or {}).get("table")
+        if number in seen:
+            raise ConfigError(f"{studies_dir / name}.yaml and {studies_dir / seen[number]}.yaml both say table: {number}; "
+                              f"each study is one table: give one of them its own number")
+        seen[number] = name
+
+
 def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
     path = studies_dir / f"{name}.yaml"
     if not path.exists():

@@ -18,8 +18,8 @@ from harness.core.stages import STAGES
 from harness.core.layout import Results
 from harness.core.metrics import TABLE_METRIC_NAME, TABLE_METRIC_STAGE
 from harness.plan.scales import SCALES
-from harness.plan.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies, expand,
-                                  load_study, one_line, plan)
+from harness.plan.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies,
+                                  check_table_numbers, expand, load_study, one_line, plan)
 from harness.plan.stale import Staleness, start_over
 from harness.plan.table_plan import TablePlan, table_plan
 from harness.run import slurm
@@ -71,6 +71,7 @@ class Plan:
         self.results, self.studies_dir = results, Path(studies_dir)
         self.store = Store.of(results, tracking_uri)  # one value, handed to every job
         names = available_studies(self.studies_dir)
+        check_table_numbers(self.studies_dir)
         self.studies: list[Study] = [load_study(n, self.studies_dir) for n in names if not only or n in only]
         self.runs: dict[str, StageRun] = plan(self.studies, scale, overrides, seeds=cells.seeds,
                                               controls=cells.controls)
@@ -116,7 +117,7 @@ class Plan:
         before Snakemake schedules anything."""
         try:
             targets = command_line_targets(argv)
-            plan = cls.from_snakemake_config(config, targets)
+            plan = cls.from_snakemake_config(merged_config(config, argv), targets)
             if is_dry_run(argv) and not plan.preflight:  # what the jobs listed will cost
                 print(plan.bill(targets), flush=True)
             return plan
@@ -379,6 +380,54 @@ def command_line_targets(argv: list[str]) -> list[str]:
     except SystemExit:  # let Snakemake report its own usage errors
         return []
     return sorted(args.targets or [])
+
+
+def config_groups(argv: list[str]) -> list[list[str]]:
+    """The KEY=VALUE words of every --config (-C) on a command line, one list per occurrence."""
+    groups, current = [], None
+    for word in argv:
+        if word in ("--config", "-C"):
+            current = []
+            groups.append(current)
+        elif word.startswith("--config="):
+            current = [word.split("=", 1)[1]]
+            groups.append(current)
+        elif word.startswith("-"):
+            current = None
+        elif current is not None:
+            current.append(word)
+    return groups
+
+
+def parse_config_words(words: list[str]) -> dict[str, Any]:
+    """--config's KEY=VALUE words as Snakemake reads them (values in YAML), or one line: a dotted
+    key (pretrain.epochs=20) is refused with the form that works."""
+    from snakemake.cli import parse_config
+
+    for word in words:
+        key, _, value = word.partition("=")
+        if "." in key and "=" in word:
+            *parents, leaf = key.split(".")
+            form = "{" + leaf + ": " + value + "}"
+            for part in reversed(parents[1:]):
+                form = "{" + part + ": " + form + "}"
+            raise ConfigError(f"--config {word}: a dotted key is not a config key; write it as '{parents[0]}={form}'")
+    try:
+        return parse_config(words)
+    except ValueError as err:
+        raise ConfigError(f"--config {' '.join(words)}: {err}") from None
+
+
+def merged_config(config: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """Snakemake's config with every --config of the command line merged in order (later values
+    win, mappings key by key). Snakemake keeps only the last --config; the plan reads them all,
+    so `--config 'pretrain={epochs: 20}' --config scale=tiny` means both."""
+    from harness.core.config import deep_merge
+
+    groups = config_groups(argv)
+    for words in groups[:-1]:  # the last one is in `config` already, over the profile's configfile
+        config = deep_merge(config, parse_config_words(words))
+    return deep_merge(config, parse_config_words(groups[-1])) if len(groups) > 1 else config
 
 
 def is_dry_run(argv: list[str]) -> bool:

@@ -95,3 +95,48 @@ def test_every_study_states_the_papers_claims():
         study = load_study(name)
         assert study.comparisons(), f"{name} states no claim"
         assert all(c.source for c in study.comparisons())
+
+
+def test_the_default_data_root_is_data_in_the_repository(monkeypatch):
+    from harness.core.config import default_data_root
+
+    monkeypatch.delenv("RANDSAC_DATA", raising=False)
+    assert Path(default_data_root()) == STUDIES.parent / "data"  # where README and harness.fetch put it
+
+
+def test_every_config_of_a_command_line_counts_later_values_win(workdir):
+    argv = ["--profile", "local", "table3", "--config", "pretrain={epochs: 3}", "scale=smoke", "-n",
+            "--config", "scale=tiny", "seeds=[1]"]
+    config = {"scale": "tiny", "seeds": [1]}  # what Snakemake passes: the last --config alone
+    plan = Plan.for_snakefile(config, argv)
+    once = Plan.from_snakemake_config({"scale": "tiny", "seeds": [1], "pretrain": {"epochs": 3}}, ["table3"])
+    assert set(plan.runs) == set(once.runs) and plan.scale == "tiny"
+    assert {r.config.pretrain.epochs for r in plan.runs.values()} == {3}
+
+
+def test_a_dotted_key_is_refused_with_the_form_that_works():
+    from harness.plan.workflow import parse_config_words
+
+    with pytest.raises(ConfigError, match=r"--config pretrain.epochs=20: a dotted key is not a config key; "
+                                          r"write it as 'pretrain=\{epochs: 20\}'"):
+        parse_config_words(["scale=tiny", "pretrain.epochs=20"])
+    with pytest.raises(ConfigError, match=r"'model=\{x: \{y: 1\}\}'"):
+        parse_config_words(["model.x.y=1"])
+
+
+def test_two_studies_of_one_table_number_are_refused(tmp_path, workdir):
+    folder = write_study(tmp_path / "studies", "table3", lambda r: None)
+    write_study(folder, "table2", lambda r: r.update(table=3))
+    with pytest.raises(ConfigError, match=r"table3.yaml and .*table2.yaml both say table: 3|"
+                                          r"table2.yaml and .*table3.yaml both say table: 3"):
+        Plan("tiny", {"kind": "local"}, {}, studies_dir=folder)
+
+
+def test_status_into_a_closed_pipe_exits_quietly(workdir):
+    import subprocess
+    import sys
+
+    # every table: more than one pipe buffer of lines, so status writes after head has gone
+    out = subprocess.run(f"{sys.executable} -m harness.status all --config scale=tiny | head -1", shell=True,
+                         capture_output=True, text=True, timeout=300, cwd=STUDIES.parent)
+    assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith("not started  table1")

@@ -6,6 +6,7 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import need_reader
 
 from harness.core.layout import Results
 from harness.plan.studies import available_studies, expand, load_study
@@ -137,8 +138,8 @@ def fake_runs(study, scale="tiny") -> pd.DataFrame:
 
 def test_every_table_compiles_with_pdflatex(tmp_path):
     """Every table's LaTeX (two seeds, a control, a mark) inside a document: pdflatex, no error."""
-    if shutil.which("pdflatex") is None:
-        pytest.fail("pdflatex is not installed (Debian: texlive-latex-base texlive-latex-recommended)")
+    need_reader("pdflatex")
+    need_reader("pdftoppm")
     results = Results(tmp_path / "results")
     names = available_studies()
     for name in names:

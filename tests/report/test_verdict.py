@@ -9,6 +9,7 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import need_reader
 
 from harness.core.layout import Results
 from harness.plan.studies import Study, expand, load_study
@@ -147,8 +148,8 @@ def test_table8_judges_its_own_cell_never_the_reported_rows():
 
 def compile_latex(table, tmp_path):
     """The table inside a document: pdflatex without an error, and a PNG of it beside the PDF."""
-    if shutil.which("pdflatex") is None:
-        pytest.fail("pdflatex is not installed (Debian: texlive-latex-base texlive-latex-recommended)")
+    need_reader("pdflatex")
+    need_reader("pdftoppm")
     doc = tmp_path / "doc.tex"
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
                    f"\\begin{{document}}\n\\input{{{table}}}\n\\end{{document}}\n")

@@ -5,6 +5,7 @@ import shutil
 import urllib.request
 
 import pytest
+from conftest import need_reader
 
 
 def browser(playwright):
@@ -21,6 +22,7 @@ def test_a_copied_results_folder_browsed_in_chromium(tmp_path, table3_tiny, star
     dataset and stage; the artifacts come from the copy."""
     from playwright.sync_api import sync_playwright
 
+    need_reader("chromium")
     workdir, _ = table3_tiny
     copy = tmp_path / "laptop" / "results"
     shutil.copytree(workdir / "results", copy)
