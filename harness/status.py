@@ -2,6 +2,10 @@
 
     python -m harness.status table3                      # the local profile's settings
     python -m harness.status all --profile slurm --config scale=tiny
+    python -m harness.status --failed --stale --json     # only those runs, as JSON
+    python -m harness.status --list                      # the tables: what each varies, cells, runs
+    python -m harness.status --show 'table3:square M=2'  # a cell's resolved config and signatures
+    python -m harness.status table3 --table              # its table so far: results/tables/partial/
 
 done (its results) / stale (its results, made by other code than today's: the modules that
 changed, or its stale pre-training run; `--config rerun=stale` redoes it) / running (epoch k/n,
@@ -27,7 +31,7 @@ from harness.run.watcher import Watcher
 from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
 from harness.plan.stale import CodeState
-from harness.plan.studies import ROOT, ConfigError, StageRun
+from harness.plan.studies import ROOT, ConfigError, StageRun, expand
 from harness.plan.workflow import Plan, parse_config_words
 
 
@@ -115,33 +119,111 @@ def profile_config(profile: str) -> dict:
     return yaml.safe_load(configfile.read_text()) or {}
 
 
+def listing(plan: Plan) -> list[str]:
+    """Every table: what it varies, its cells and the distinct runs it needs at the plan's settings."""
+    out = [f"{'target':<8} {'cells':>5} {'runs':>4}  varies"]
+    for study in plan.studies:
+        table = plan.table_plan(study)
+        cells = {(c.dataset, c.setting) for c in table.cells if not c.control}
+        varies = "; ".join(f"{name}: {', '.join(label for label, _, _ in factor.variants(name))}"
+                           for name, factor in study.factors.items()) or "one setting"
+        out.append(f"{study.name:<8} {len(cells):>5} {len(table.inputs()):>4}  {varies}  ({study.caption})")
+    return out + [f"[harness] scale {plan.scale}; cells per paper dataset and seed, runs with the controls, "
+                  f"shared runs counted once per table"]
+
+
+def show(plan: Plan, which: str) -> list[str]:
+    """The resolved config and the run signatures of the cells `which` names: TABLE:SETTING (or its
+    short name: table3:M=2), optionally TABLE:DATASET:SETTING."""
+    table, _, rest = which.partition(":")
+    study = next((s for s in plan.studies if s.name == table), None)
+    if study is None or not rest:
+        raise ConfigError(f"--show {which!r}: give TABLE:SETTING, e.g. 'table3:square M=2' (tables: "
+                          f"{', '.join(s.name for s in plan.studies)})")
+    dataset, _, setting = rest.rpartition(":")
+    cells = [c for c in expand(study, plan.scale, plan.overrides, seeds=plan.cells.seeds, controls=plan.cells.controls)
+             if setting in (c.setting, c.short) and dataset in ("", c.dataset)]
+    if not cells:
+        raise ConfigError(f"--show {which!r}: {table} has no cell {setting!r}; its settings are "
+                          f"{', '.join(study.settings())}")
+    out = []
+    for cell in cells:
+        out.append(f"# {cell.study} · {cell.label} · seed {cell.seed} (scale {plan.scale})")
+        for stage in cell.stages(study.metrics):
+            sig = cell.signature(stage)
+            st = with_code(status(plan.results.run(sig), stage), plan.code.state(sig))
+            out.append(f"#   {stage:<9} {sig}  {st.state}  results/runs/{sig}/")
+        out.append(yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False).rstrip())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.core.config import deep_merge
+    from harness.plan.studies import available_studies
 
     ap = argparse.ArgumentParser(prog="python -m harness.status", description=__doc__.splitlines()[0])
-    ap.add_argument("targets", nargs="*", default=["all"], help="all, table1 ... table10")
+    ap.add_argument("targets", nargs="*", default=["all"], help=f"all, or tables: {', '.join(available_studies())}")
     ap.add_argument("--profile", default="local", help="local or slurm (its harness settings)")
     ap.add_argument("--config", nargs="*", action="extend", default=[],
                     help="the same KEY=VALUE overrides as Snakemake's (may be given more than once)")
     ap.add_argument("--directory", type=Path, default=Path("."), help="where results/ is (Snakemake's --directory)")
+    ap.add_argument("--failed", action="store_true", help="only the runs that failed or stopped")
+    ap.add_argument("--stale", action="store_true", help="only the stale runs (with --failed: either)")
+    ap.add_argument("--json", action="store_true", help="one JSON list of the runs, for scripts")
+    ap.add_argument("--list", action="store_true", help="the tables: what each varies, its cells and runs")
+    ap.add_argument("--show", metavar="TABLE:SETTING", help="a cell's resolved config and its runs' signatures, "
+                                                            "e.g. 'table3:square M=2'; launches nothing")
+    ap.add_argument("--table", action="store_true", help="render each target's table from the runs finished so far "
+                                                         "into results/tables/partial/ (… marks the rest)")
     args = ap.parse_args(argv)
     try:
         config = deep_merge(profile_config(args.profile), parse_config_words(args.config))
         os.chdir(args.directory)
         plan = Plan.from_snakemake_config(config, args.targets)
+        if args.list or args.show:
+            print("\n".join(listing(plan) if args.list else show(plan, args.show)))
+            return 0
     except (ConfigError, OSError) as err:
         print(f"randsac-harness: error: {err}", file=sys.stderr)
         return 1
+    if args.table:
+        return partial_tables(plan, args.targets)
+    wanted = ({"failed", "stopped"} if args.failed else set()) | ({"stale"} if args.stale else set())
     counts: dict[str, int] = {}
+    found = []
     for sig, run in plan.runs.items():  # in study, cell, stage order
         st = with_code(status(plan.results.run(sig), run.stage), plan.code.state(sig))
         counts[st.state] = counts.get(st.state, 0) + 1
-        print(line(sig, run, st))
-    print(f"[harness] {len(plan.runs)} runs at scale {plan.scale}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        if wanted and st.state not in wanted:
+            continue
+        cell = run.cells[0]
+        found.append({"signature": sig, "stage": run.stage, "table": cell.study, "setting": cell.setting,
+                      "dataset": cell.dataset, "seed": cell.seed, "state": st.state, "detail": st.detail,
+                      "tables": sorted({c.study for c in run.cells})})
+        if not args.json:
+            print(line(sig, run, st))
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    print(f"[harness] {len(plan.runs)} runs at scale {plan.scale}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+          + (f" (shown: {len(found)} {' or '.join(sorted(wanted))})" if wanted else ""))
     if counts.get("stale"):
         print("[harness] stale runs stay as they are; to redo them with today's code: snakemake ... "
               "--config rerun=stale (their results are kept in superseded-<when>/ of their run folders)")
     print(plan.bill(args.targets))  # the unfinished runs' device-hours, from the last preflight
+    return 0
+
+
+def partial_tables(plan: Plan, targets: list[str]) -> int:
+    """Each target's table from whatever has finished, beside the real ones: results/tables/partial/."""
+    from harness.report.tables import render
+
+    for study in plan.studies:
+        if "all" not in targets and study.name not in targets:
+            continue
+        paths = render(plan.table_plan(study), results=plan.results, into=plan.results.tables / "partial")
+        print(paths["md"].read_text())
+        print(f"[harness] partial table written: {paths['md']} (and .tex, .csv, .png)")
     return 0
 
 

@@ -15,7 +15,7 @@ def tex_text(text: str) -> str:
     text = re.sub(r"\b([MKP])=(\d+)", r"$\1{=}\2$", text)
     text = re.sub(r"(?<![\w$])([MKP])(?![\w${])", r"$\1$", text)  # the paper's M, K, P standing alone
     text = re.sub(r"(\d+)->(\d+)(?:->(\d+))?", lambda m: "$" + r"{\to}".join(g for g in m.groups() if g) + "$", text)
-    for plain, math in (("±", r"$\pm$"), ("—", "---"), ("×", r"$\times$"), ("≥", r"$\geq$"),
+    for plain, math in (("±", r"$\pm$"), ("—", "---"), ("…", r"\dots{}"), ("×", r"$\times$"), ("≥", r"$\geq$"),
                         (NOT_LEARNED_MARK, r"$^\dagger$"), (BELOW_CONTROL_MARK, r"$^\ddagger$"), ("->", r"$\to$"),
                         (NOT_REPRODUCED_MARK, r"$^{\times}$"), (STALE_MARK, r"\textsuperscript{\S}"),
                         ("≯", r"$\not>$"), (" > ", " $>$ ")):  # a claim, "A > B"; text-mode > is ¿

@@ -37,7 +37,8 @@ from harness.plan.table_plan import TablePlan, TableStudy
 from harness.report import bill, claims
 from harness.report.latex import tex_text
 
-MISSING = "—"
+MISSING = "—"  # no such cell: a metric the setting does not have, a number the paper does not give
+PENDING = "…"  # a cell whose runs have not finished (yet)
 
 
 RUN_COLUMNS = ["signature", "stage", "value", "ratio", "changed"]
@@ -119,7 +120,7 @@ def fmt_ours(row) -> str:
     value lies outside the 95 % interval of its seeds (✗, harness.report.verdict), and when it is
     built from runs of other code than today's (§)."""
     if row.n == 0:
-        return MISSING
+        return MISSING if row.source not in ("this run", "control") else PENDING
     text = f"{row.ours:.1f}"
     if row.seeds > 1:
         spread = "" if row.std is None or pd.isna(row.std) else f" ± {row.std:.1f}"
@@ -209,6 +210,16 @@ def notes(long: pd.DataFrame) -> list[str]:
     return out + verdict.notes(long)
 
 
+def progress_note(plan: TablePlan, runs: pd.DataFrame) -> str:
+    """For a table rendered before its runs finished: how many have, and what … means."""
+    total = len(plan.inputs())
+    done = len(set(zip(runs["stage"], runs["signature"])) & set(plan.inputs())) if len(runs) else 0
+    if done >= total:
+        return ""
+    return (f"Partial table: {done} of {total} runs done; {PENDING} a cell whose runs have not finished, "
+            f"{MISSING} a cell that does not apply.")
+
+
 # --------------------------------------------------------------------------- LaTeX
 
 def to_latex(frame: pd.DataFrame, label: str, short: str, note: str) -> str:
@@ -237,11 +248,12 @@ def to_latex(frame: pd.DataFrame, label: str, short: str, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results | None = None) -> dict[str, Path]:
+def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results | None = None,
+           into: Path | None = None) -> dict[str, Path]:
     """The table of `plan` as Markdown, LaTeX, CSV (the long form) and a figure (PNG, PDF), in
     the tables folder of `results` (default: the plan's); with the study's claims, their section
     under the table and <table>.claims.csv|.png|.pdf (harness.report.claims). `runs`: default,
-    the plan's result files."""
+    the plan's result files; `into`: another folder than the tables folder (a partial table)."""
     from harness.report.figures import draw
     from harness.report.forest import draw as forest
 
@@ -252,9 +264,10 @@ def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results |
     long, spent = bill.with_spent(long, plan, results)  # each cell's device-hours, as spent
     frame = wide(study, long)
     cfgs = [cell.config for cell in plan.cells if not cell.control]
-    below = [details(study, scale, cfgs), *notes(long), *filter(None, [bill.spent_note(spent)])]
-    results.tables.mkdir(parents=True, exist_ok=True)
-    paths = {ext: results.table(study.name, ext) for ext in ("md", "tex", "csv", "png", "pdf")}
+    below = [details(study, scale, cfgs), *notes(long), *filter(None, [bill.spent_note(spent), progress_note(plan, runs)])]
+    folder = into or results.tables
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {ext: folder / f"{study.name}.{ext}" for ext in ("md", "tex", "csv", "png", "pdf")}
     md = frame.copy()
     md.columns = [" ".join(str(part) for part in col[:-1]) + f" ({col[-1]})" for col in md.columns]
     text = f"**Table {study.table}.** {title(study, scale)}\n\n{md.to_markdown(disable_numparse=True)}\n\n" + "\n\n".join(below) + "\n"
@@ -264,7 +277,7 @@ def render(plan: TablePlan, runs: pd.DataFrame | None = None, results: Results |
         heading = f"Claims of Table {study.table} (scale {scale})"
         text += "\n" + claims.markdown(found, heading)
         tex += "\n" + claims.latex(found, study.name, f"{heading}: {claims.count(found)}.")
-        paths |= {f"claims.{ext}": results.table(study.name, f"claims.{ext}") for ext in ("csv", "png", "pdf")}
+        paths |= {f"claims.{ext}": folder / f"{study.name}.claims.{ext}" for ext in ("csv", "png", "pdf")}
         found.to_csv(paths["claims.csv"], index=False)
         forest(found, f"Table {study.table}: the paper's claims at scale {scale}, our paired effect and its 95 % "
                       f"interval, the paper's effect (×). {claims.count(found)}.", paths["claims.png"],

@@ -48,7 +48,7 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     lin = long[(long.metric == "LIN") & (long.setting == "square M=2")].iloc[0]
     assert lin["ours"] == 55.0 and lin["std"] == pytest.approx(7.0710678) and lin["n"] == 2
     assert wide(study, long).loc["LIN", ("square M=2", "ours")] == "55.0 ± 7.1 (2)"
-    assert wide(study, long).loc["FT", ("square M=2", "ours")] == "—"  # no finetune run yet
+    assert wide(study, long).loc["FT", ("square M=2", "ours")] == "…"  # no finetune run yet: pending, not "—"
     partial = collect(plan_of(study), runs.iloc[:1])
     row = partial[(partial.n == 1)].iloc[0]
     assert row.n == 1 and row.seeds == 2  # printed as "(1/2 seeds)"
