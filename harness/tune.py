@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.core import metrics as names
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.layout import Results, RunFolder
-from harness.run.launch import ExecutorConfig, make_executor
+from harness.run.executor import ExecutorConfig, make_executor
 from harness.science import methods
 from harness.plan.studies import ROOT, ConfigError, expand, load_study, one_line
 from harness.run.tracking import Store

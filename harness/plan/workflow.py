@@ -22,8 +22,7 @@ from harness.plan.studies import (STUDIES_DIR, ConfigError, StageRun, Study, ava
                                   check_table_numbers, expand, load_study, one_line, plan)
 from harness.plan.stale import Staleness, start_over
 from harness.plan.table_plan import TablePlan, table_plan
-from harness.run import slurm
-from harness.run.launch import ExecutorConfig
+from harness.run.executor import ExecutorConfig, ExecutorError, check_slurm
 from harness.run.preflight import PreflightSettings
 from harness.run.tracking import Store, tag_superseded
 from harness.science import methods
@@ -80,7 +79,10 @@ class Plan:
         self.rerun_stale = rerun_stale  # --config rerun=stale: start the stale runs over
         self._superseded: dict[str, Any] = {}  # the superseded param of each run, once per invocation
         self._check_data()
-        check_slurm(self.executor)
+        try:
+            check_slurm(self.executor)
+        except ExecutorError as err:
+            raise ConfigError(str(err)) from None
         self._check_gpu()
 
     @classmethod
@@ -477,50 +479,3 @@ def studies_of_files(files: list[str], scale: str, overrides: dict[str, Any], ce
         raise ConfigError(f"no study plans {', '.join(sorted(unknown)) or ', '.join(files)} at scale {scale} with these "
                           f"settings; a run folder's name is the signature of its config (see its config.yaml)")
     return sorted(found, key=names.index)
-
-
-# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified" (slurmctld
-# checks time limits on a 30 s period)
-SIGNAL_EARLY_S = 60
-
-
-def check_slurm(executor: ExecutorConfig) -> None:
-    """Refuse a Slurm request no node of its partition can serve, before anything is submitted:
-    the partition, CPUs, memory and GPUs per node, the number of nodes, the time limit, and a
-    time-limit signal that could come before the job has started."""
-    if executor.kind != "slurm":
-        return
-    if executor.timeout_min * 60 <= executor.signal_delay_s + SIGNAL_EARLY_S:
-        raise ConfigError(f"executor slurm: timeout_min={executor.timeout_min} with signal_delay_s="
-                          f"{executor.signal_delay_s}: Slurm may send the time-limit signal up to {SIGNAL_EARLY_S} s "
-                          f"earlier than asked, so it could reach a job while it starts, before it can checkpoint, "
-                          f"and kill it; raise timeout_min above (signal_delay_s + {SIGNAL_EARLY_S} s) or lower "
-                          f"signal_delay_s")
-    try:
-        every = slurm.nodes()
-    except slurm.SlurmError as err:
-        raise ConfigError(f"executor slurm: {err}") from None
-    known = sorted({n.partition for n in every})
-    partition = executor.partition or next((n.partition for n in every if n.default), None)
-    if partition not in known:
-        raise ConfigError(f"executor slurm: partition {partition!r} is unknown to Slurm; known: {', '.join(known)} "
-                          f"(set executor.partition in the profile)")
-    members = [n for n in every if n.partition == partition]
-    if executor.gpus_per_node and not any(n.gpus for n in members):
-        raise ConfigError(f"executor slurm: gpus_per_node={executor.gpus_per_node} but partition {partition!r} has no "
-                          f"GPUs; set gpus_per_node: 0")
-    cpus = executor.cpus_per_task * executor.tasks_per_node
-    mem = executor.mem_gb or 0.0
-    fits = [n for n in members if n.cpus >= cpus and n.mem_gb >= mem and n.gpus >= executor.gpus_per_node]
-    if len(fits) < executor.nodes:
-        largest = max(members, key=lambda n: (n.gpus, n.cpus, n.mem_gb))
-        raise ConfigError(
-            f"executor slurm: partition {partition!r} has {len(fits)} node(s) with {cpus} CPUs "
-            f"({executor.tasks_per_node} task(s) x {executor.cpus_per_task}), {mem:g} GB and "
-            f"{executor.gpus_per_node} GPUs, {executor.nodes} asked for; its largest node offers {largest.offers()}. "
-            f"Lower executor cpus_per_task / mem_gb / gpus_per_node (profiles/slurm/harness.yaml or "
-            f"--config 'executor={{...}}')")
-    limit = members[0].time_limit_min
-    if limit is not None and executor.timeout_min > limit:
-        raise ConfigError(f"executor slurm: timeout_min={executor.timeout_min} is beyond the time limit of partition "
-                          f"{partition!r} ({limit:g} min); lower executor.timeout_min (jobs requeue when it ends)")

@@ -260,7 +260,7 @@ def lines(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
              f"with {POWER * 100:.0f} % power at the observed spread of the differences.",
              f"Count: {count(frame)}.", *sources]
     if frame["marks"].str.len().gt(0).any():
-        notes.append(f"A mark on ours (†, ‡, §) is carried from either cell of the comparison (see the table's notes).")
+        notes.append("A mark on ours (†, ‡, §) is carried from either cell of the comparison (see the table's notes).")
     if (frame["verdict"] == NOT_COMPARABLE).any():
         notes.append(f"{NOT_COMPARABLE}: against another method's published number, judged only at scale `paper`.")
     return header, rows, notes

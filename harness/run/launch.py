@@ -20,37 +20,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
 
 import submitit
-from pydantic import BaseModel, ConfigDict, Field
 
-from harness.run import slurm, snapshot
+from harness.run import pending, slurm, snapshot
+from harness.run.executor import ExecutorConfig, make_executor
 from harness.run.watcher import UNLISTED, Watcher
 from harness.core.config import RunConfig
 from harness.core.stages import STAGES
 from harness.core.layout import Results, RunFolder
 from harness.science import methods
-
-
-class ExecutorConfig(BaseModel):
-    """Where stage jobs run: the profile's `executor` block (profiles/*/harness.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["local", "slurm"] = "local"
-    partition: str | None = None
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
-    tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
-    nodes: int = Field(1, gt=0)
-    mem_gb: float | None = Field(None, gt=0)
-    timeout_min: int = Field(24 * 60, gt=0)  # per attempt; Slurm requeues on timeout
-    max_num_timeout: int = Field(10, ge=0)  # requeues after the time limit's signal
-    signal_delay_s: int = Field(90, gt=0)  # the time-limit signal comes this long before the limit
-    additional: dict[str, Any] = {}  # other sbatch options (account, qos, constraint, ...)
-    # how often the workflow asks Slurm how its jobs stand: one squeue for all of them, shared by
-    # every waiting launcher (harness.run.watcher), whatever the number of runs
-    poll_s: float = Field(30.0, gt=0)
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -133,33 +112,6 @@ def stop_local_job(job: submitit.Job, grace_s: float = 300.0, resend_s: float = 
         time.sleep(0.2)
     if not job.done():
         job.cancel(check=False)
-
-
-def make_executor(executor: ExecutorConfig, folder: Path, code: snapshot.Snapshot | None = None) -> submitit.Executor:
-    """submitit executor; the cluster is always explicit (AutoExecutor would pick Slurm whenever
-    Slurm's tools are installed). With `code`, its jobs import the harness from that snapshot
-    (the Python command is in the sbatch script, so a requeued job imports it again)."""
-    python = {"python": code.python()} if code is not None else {}
-    if executor.kind == "local":
-        if executor.nodes > 1:
-            raise ValueError("the local executor runs on one node; nodes > 1 needs Slurm")
-        ex = submitit.AutoExecutor(folder=folder, cluster="local", **{f"local_{k}": v for k, v in python.items()})
-        ex.update_parameters(timeout_min=executor.timeout_min, tasks_per_node=executor.tasks_per_node)
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=executor.max_num_timeout,
-                               **{f"slurm_{k}": v for k, v in python.items()})
-    params: dict[str, Any] = {"timeout_min": executor.timeout_min, "gpus_per_node": executor.gpus_per_node,
-                              "slurm_signal_delay_s": executor.signal_delay_s,
-                              "cpus_per_task": executor.cpus_per_task, "tasks_per_node": executor.tasks_per_node,
-                              "nodes": executor.nodes}
-    if executor.mem_gb:
-        params["mem_gb"] = executor.mem_gb
-    if executor.partition:
-        params["slurm_partition"] = executor.partition
-    if executor.additional:
-        params["slurm_additional_parameters"] = dict(executor.additional)
-    ex.update_parameters(**params)
-    return ex
 
 
 def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfig, *, tracking_uri: str,
@@ -254,17 +206,44 @@ def error_line(err: Exception) -> str:
 LOCAL_POLL_S = 0.2  # a local job's end is its process's exit, free to ask: the workflow goes on at once
 
 
+def waiting(job_id: str, name: str, state: tuple[str, str], executor: ExecutorConfig | None,
+            blocked: tuple[float, str] | None) -> tuple[float, str] | None:
+    """Say, in one line, the Slurm state the job has changed to; for a pending job, why it waits
+    and whether that can end. Cancel it (Unservable) when it cannot. Returns since when and for
+    what it waits for more than its turn (None: its turn, or not waiting)."""
+    prefix = f"[harness] {name}: Slurm job {job_id}"
+    if state[0] not in slurm.WAITING:
+        print(f"{prefix} {state[0]}", flush=True)
+        return None
+    reason = pending.classify(state[1])
+    if reason.is_turn:
+        print(f"{prefix} {state[0]}" + (f" ({reason.text})" if reason.code != "None" else ""), flush=True)
+        return None
+    never = pending.refusal(reason, executor)
+    if never:
+        slurm.cancel(job_id)
+        raise Unservable(f"Slurm job {job_id} can never start: {never}; cancelled")
+    patience = (f"; it gives up after {executor.patience_h:g} h (executor.patience_h)"
+                if executor is not None and executor.patience_h is not None else "")
+    print(f"{prefix} waits: {reason.text} ({reason.meaning}); it starts once that clears{patience}", flush=True)
+    return (blocked[0] if blocked else time.time(), reason.text)  # the clock runs while it is blocked
+
+
 def follow(job, name: str, cluster: str, watcher: Watcher | None = None, since: float = 0.0,
-           echo_s: float = 2.0) -> None:
+           echo_s: float = 2.0, executor: ExecutorConfig | None = None) -> None:
     """Until the job ends, echo what its first task prints (one progress line per epoch) to
     this launcher's output, which Snakemake shows: local and Slurm jobs alike. A Slurm job's
     state and reason (from the workflow's shared `watcher`, in a snapshot taken after `since`,
-    its submission) are printed when they change; one that waits for what can never come
-    (PartitionConfig, ...) is cancelled and the launcher fails with one line. A Slurm job ends
+    its submission) are printed when they change, a reason with what it means
+    (harness.run.pending): a drained node, a reservation, a down partition or a limit is a wait;
+    one that can never clear for this job (an invalid account, a request above every node of
+    the partition given in `executor`) is cancelled and the launcher fails with one line, and
+    so is a wait for anything but its turn longer than `executor.patience_h`. A Slurm job ends
     when its result files are all written, or when two snapshots in a row say it is no longer
     live: a requeue passes through states that look final (PREEMPTED, a node failure) before
     the job waits again under the same id."""
     log, offset, last, ended_in = Path(job.paths.stdout), 0, None, None
+    blocked: tuple[float, str] | None = None  # since when, and for what, it waits for more than its turn
 
     def echo() -> int:
         if not log.exists():
@@ -290,12 +269,15 @@ def follow(job, name: str, cluster: str, watcher: Watcher | None = None, since: 
             state = snap.state(job.job_id, since)
             if state is not None and state != last and state != UNLISTED:
                 last = state
-                print(f"[harness] {name}: Slurm job {job.job_id} {state[0]}" + (f" ({state[1]})" if state[1] and
-                      state[1] != "None" else ""), flush=True)
-                if state[0] in slurm.WAITING and slurm.never_clears(state[1]):
-                    slurm.cancel(job.job_id)
-                    raise Unservable(f"Slurm job {job.job_id} can never start: {state[1]} (the partition or account "
-                                     f"cannot give what it asks; see the executor settings); cancelled")
+                blocked = waiting(job.job_id, name, state, executor, blocked)
+            if state is not None and state[0] not in slurm.WAITING:
+                blocked = None
+            if blocked and executor is not None and executor.patience_h is not None \
+                    and time.time() - blocked[0] > executor.patience_h * 3600:
+                slurm.cancel(job.job_id)
+                raise Unservable(f"Slurm job {job.job_id} waited {(time.time() - blocked[0]) / 3600:.2g} h for "
+                                 f"{blocked[1]}, longer than executor.patience_h={executor.patience_h:g}; cancelled "
+                                 f"(asking again submits it anew)")
             if state is not None and state[0] not in slurm.LIVE:
                 if ended_in is not None and snap.taken > ended_in:
                     break
@@ -386,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, stop)
     name = f"{args.stage} {run.signature}"
     try:
-        follow(job, name, executor.kind, watcher, since)
+        follow(job, name, executor.kind, watcher, since, executor=executor)
         metrics = (slurm_results(job) if watcher else job.results())[0]  # rank 0's (one result per task)
     except Stopped as stopped:
         stop_local_job(job)

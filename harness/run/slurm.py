@@ -7,10 +7,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-# Reasons a pending job can never leave: the request exceeds what the partition or account allow.
-NEVER_CLEARS = {"PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints",
-                "AccountNotAllowed", "QOSNotAllowed", "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied",
-                "ReqNodeNotAvail"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "SUSPENDED", "RESIZING"}
 LIVE = WAITING | {"RUNNING", "COMPLETING"}
 
@@ -79,10 +75,6 @@ def final_state(job_id: str) -> str:
         return "UNKNOWN"
     states = [s.split()[0] for s in out.split() if s.strip() and s.split()[0].isupper()]
     return states[-1] if states else "UNKNOWN"
-
-
-def never_clears(reason: str) -> bool:
-    return any(reason.startswith(r) for r in NEVER_CLEARS)
 
 
 def cancel(job_id: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from harness.core.layout import Results
 from harness.report import bill
-from harness.run.launch import ExecutorConfig
+from harness.run.executor import ExecutorConfig
 
 
 def stamp(t: float) -> str:

@@ -1,7 +1,6 @@
 """Tables: paper and reported rows, means over seeds, captions, the control and its marks, LaTeX
 that compiles."""
 import os
-import shutil
 import subprocess
 
 import pandas as pd

@@ -4,7 +4,6 @@ note counting them; none at the smaller scales, none without a paper value."""
 import json
 import math
 import os
-import shutil
 import subprocess
 
 import pandas as pd

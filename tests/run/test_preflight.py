@@ -14,7 +14,7 @@ import submitit
 import torch
 
 from harness.plan.workflow import Plan
-from harness.run.launch import ExecutorConfig
+from harness.run.executor import ExecutorConfig
 from harness.run.preflight.probe import PreflightSettings, Probe, StepMeter, measure, per_device
 from harness.run.preflight.report import project
 from harness.run.preflight import submit

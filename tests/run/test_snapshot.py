@@ -9,7 +9,7 @@ import pytest
 
 from harness.core.layout import Results
 from harness.run import snapshot
-from harness.run.snapshot import CodeMismatch, Snapshot, code_hash, package_files, take
+from harness.run.snapshot import CodeMismatch, code_hash, package_files, take
 
 
 def make_package(root: Path, version: str = "1") -> Path:

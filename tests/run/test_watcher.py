@@ -165,11 +165,98 @@ def test_follow_does_not_end_on_a_state_a_requeue_passes_through(tmp_path, fake_
 
 def test_follow_cancels_a_job_whose_reason_never_clears(tmp_path, fake_slurm):
     job, watcher = fake_job(tmp_path), Watcher(tmp_path / ".slurm", interval_s=0.1, user="alice")
-    fake_slurm.set("42|PENDING|PartitionConfig")
+    fake_slurm.set("42|PENDING|InvalidQOS")
     out = []
     follow_in_thread(job, watcher, time.time(), out).join(timeout=10)
-    assert isinstance(out[0], launch.Unservable) and "can never start: PartitionConfig" in str(out[0])
+    assert isinstance(out[0], launch.Unservable)
+    assert str(out[0]) == "Slurm job 42 can never start: InvalidQOS (its QOS is invalid); cancelled"
     assert fake_slurm.calls("scancel") == ["scancel 42"]
+
+
+def with_sinfo(fake_slurm, cpus: int) -> None:
+    """sinfo of one node with `cpus` CPUs in partition cpu (the default)."""
+    script = fake_slurm.bin / "sinfo"
+    script.write_text(f"#!/bin/sh\nprintf 'node1|cpu*|{cpus}|20480|(null)|infinite\\n'\n")
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize("cpus, cancelled", [(2, False), (1, True)])
+def test_a_reason_that_names_no_cause_is_a_wait_when_a_node_could_hold_the_request(tmp_path, fake_slurm, cpus,
+                                                                                   cancelled):
+    """PartitionConfig, ReqNodeNotAvail, Resources...: busy or drained nodes, or a request above
+    every node. With a node of 2 CPUs the 2-CPU request waits; with only 1-CPU nodes it is
+    cancelled with the partition's largest node in its line."""
+    from harness.run.executor import ExecutorConfig
+
+    with_sinfo(fake_slurm, cpus)
+    job, watcher = fake_job(tmp_path), Watcher(tmp_path / ".slurm", interval_s=0.1, user="alice")
+    fake_slurm.set("42|PENDING|ReqNodeNotAvail, UnavailableNodes:node1")
+    out = []
+    executor = ExecutorConfig(kind="slurm", cpus_per_task=2)
+
+    def run():
+        try:
+            launch.follow(job, "pretrain abc", "slurm", watcher, time.time(), echo_s=0.02, executor=executor)
+            out.append("ended")
+        except Exception as err:  # noqa: BLE001 - the test reads it
+            out.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)
+    if cancelled:
+        thread.join(timeout=10)
+        assert isinstance(out[0], launch.Unservable) and "its largest node offers 1 CPUs" in str(out[0])
+        assert fake_slurm.calls("scancel") == ["scancel 42"]
+        return
+    assert not out and not fake_slurm.calls("scancel")  # it waits
+    job.paths.result_pickle.write_bytes(b"done")
+    thread.join(timeout=10)
+    assert out == ["ended"]
+
+
+def test_a_drained_node_is_said_once_and_waited_for(tmp_path, fake_slurm, capsys):
+    job, watcher = fake_job(tmp_path), Watcher(tmp_path / ".slurm", interval_s=0.1, user="alice")
+    fake_slurm.set("42|PENDING|ReqNodeNotAvail, UnavailableNodes:localhost")
+    out = []
+    thread = follow_in_thread(job, watcher, time.time(), out)
+    time.sleep(0.6)
+    fake_slurm.set("42|PENDING|Reservation")
+    time.sleep(0.6)
+    fake_slurm.set("42|RUNNING|None")
+    time.sleep(0.4)
+    job.paths.result_pickle.write_bytes(b"done")
+    thread.join(timeout=10)
+    assert out == ["ended"] and not fake_slurm.calls("scancel")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[harness]")]
+    assert lines == [
+        "[harness] pretrain abc: Slurm job 42 waits: ReqNodeNotAvail, UnavailableNodes:localhost (a node it needs is "
+        "drained, down, reserved or not responding); it starts once that clears",
+        "[harness] pretrain abc: Slurm job 42 waits: Reservation (waits for its reservation to become usable); it "
+        "starts once that clears",
+        "[harness] pretrain abc: Slurm job 42 RUNNING"]
+
+
+def test_patience_ends_a_wait_that_is_not_its_turn(tmp_path, fake_slurm):
+    from harness.run.executor import ExecutorConfig
+
+    job, watcher = fake_job(tmp_path), Watcher(tmp_path / ".slurm", interval_s=0.1, user="alice")
+    fake_slurm.set("42|PENDING|PartitionDown")
+    out = []
+    executor = ExecutorConfig(kind="slurm", patience_h=0.5 / 3600)  # half a second
+    thread = threading.Thread(target=lambda: out.append(_follow(job, watcher, executor)))
+    thread.start()
+    thread.join(timeout=10)
+    assert isinstance(out[0], launch.Unservable) and "longer than executor.patience_h" in str(out[0])
+    assert "for PartitionDown" in str(out[0]) and fake_slurm.calls("scancel") == ["scancel 42"]
+
+
+def _follow(job, watcher, executor):
+    try:
+        launch.follow(job, "pretrain abc", "slurm", watcher, time.time(), echo_s=0.02, executor=executor)
+        return "ended"
+    except Exception as err:  # noqa: BLE001 - the test reads it
+        return err
 
 
 def test_a_job_a_dead_launcher_left_is_looked_up_in_a_fresh_snapshot(tmp_path, fake_slurm):

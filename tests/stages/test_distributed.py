@@ -5,7 +5,8 @@ import torch
 from harness.core.config import dotted_to_nested
 from harness.core.stages import OptimConfig
 from harness.core.layout import Results
-from harness.run.launch import ExecutorConfig, submit
+from harness.run.executor import ExecutorConfig
+from harness.run.launch import submit
 from harness.stages import engine
 from harness.stages.context import StageContext
 from harness.stages.distributed import Dist

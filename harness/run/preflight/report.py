@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.core.catalog import dataset_info
 from harness.core.config import RunConfig
 from harness.core.metrics import hms
-from harness.run.launch import ExecutorConfig
+from harness.run.executor import ExecutorConfig
 from harness.run.preflight.probe import PreflightSettings
 
 

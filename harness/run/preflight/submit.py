@@ -11,7 +11,8 @@ import submitit
 
 from harness.core.config import RunConfig
 from harness.run import slurm
-from harness.run.launch import ExecutorConfig, Unservable, follow, make_executor, slurm_results
+from harness.run.executor import ExecutorConfig, make_executor
+from harness.run.launch import Unservable, follow, slurm_results
 from harness.run.preflight.probe import PreflightJob, PreflightSettings, Probe, one_line
 from harness.run.preflight.report import Report, describe_model, project, write
 from harness.run.watcher import Watcher
@@ -58,7 +59,7 @@ def run_preflight(target: str, runs: dict, executor: ExecutorConfig, settings: P
     for i, (job, group, records, since) in enumerate(jobs):
         ended = None
         try:
-            follow(job, f"preflight-{target}-{i}", executor.kind, watcher, since)  # prints its lines (and states)
+            follow(job, f"preflight-{target}-{i}", executor.kind, watcher, since, executor=executor)  # prints its lines (and states)
             slurm_results(job) if watcher is not None else job.results()
         except Unservable as err:  # cancelled: it could never start
             ended = str(err)
