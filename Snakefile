@@ -27,6 +27,12 @@ onstart:
                            if job.rule.name in STAGES])
 
 
+onerror:
+    # a failed preflight: its one line per failed run, after Snakemake's own report of the rule
+    for _line in PLAN.preflight_failure:
+        print(f"randsac-harness: {_line}", file=sys.stderr, flush=True)
+
+
 wildcard_constraints:
     sig="[0-9a-f]{12}",
 

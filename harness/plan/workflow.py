@@ -77,6 +77,7 @@ class Plan:
         self._table_plans: dict[str, TablePlan] = {}  # computed once per table (Snakemake asks often)
         self.code = Staleness(self.runs, self.results)  # which finished runs today's code has changed
         self.rerun_stale = rerun_stale  # --config rerun=stale: start the stale runs over
+        self.preflight_failure: list[str] = []  # a failed preflight's lines, printed last (Snakefile onerror)
         self._superseded: dict[str, Any] = {}  # the superseded param of each run, once per invocation
         self._check_data()
         try:
@@ -210,8 +211,11 @@ class Plan:
 
     # ---------------------------------------------------------------- preflight (harness.run.preflight)
     def preflight_files(self, target: str) -> list[str]:
-        """results/preflight/<target>.md and .csv: what a target asks for with --config preflight=..."""
-        return [str(self.results.preflight(target, ext)) for ext in ("md", "csv")]
+        """What a target asks for with --config preflight=...: a marker that its preflight passed
+        (results/preflight/.passed/<target>). The report itself, results/preflight/<target>.md and
+        .csv, is not a Snakemake output, so a failed preflight cannot make Snakemake delete the
+        last good one; the failed report lands beside it, <target>.failed.md and .csv."""
+        return [str(self.results.preflights / ".passed" / target)]
 
     def target_runs(self, target: str) -> dict[str, StageRun]:
         """The distinct stage runs a target needs: every planned run for `all`, a table's own otherwise."""
@@ -220,19 +224,32 @@ class Plan:
         return {sig: self.runs[sig] for _, sig in self.table_plan(target).inputs()}
 
     def run_preflight(self, target: str) -> None:
-        """Preflight the target's runs on this plan's executor, print and write the report; a
-        ConfigError naming every failed run, with its one line, if any failed."""
+        """Preflight the target's runs on this plan's executor, print and write the report. All
+        ok: results/preflight/<target>.md|.csv and the marker. Any failed: the report goes to
+        <target>.failed.md|.csv, the last good report stays, and a ConfigError names every failed
+        run with its one line (the Snakefile's onerror prints them again, last)."""
+        from harness.core.files import write_text_atomic
         from harness.run.preflight import run_preflight, write
 
         report = run_preflight(target, self.target_runs(target), self.executor, self.preflight,
                                self.results.preflights / target, self.results.slurm_queue)
-        write(report, *map(Path, self.preflight_files(target)))
+        md, csv = (self.results.preflight(target, ext) for ext in ("md", "csv"))
+        failed_md, failed_csv = (self.results.preflight(target, f"failed.{ext}") for ext in ("md", "csv"))
         print(report.markdown(), flush=True)
-        print(f"[preflight] report: {', '.join(self.preflight_files(target))}", flush=True)
-        if report.failed:  # Snakemake then removes the rule's outputs: the report's copy stays in its folder
-            raise ConfigError("\n".join(f"preflight: {row['stage']} {row['signature']} ({row['cell']}) failed: "
-                                         f"{row['error']}" for row in report.failed) +
-                              f"\npreflight: report in {report.folder / 'report.md'}")
+        if report.failed:
+            write(report, failed_md, failed_csv)
+            kept = f"; the last good report stays in {md}" if md.exists() else ""
+            self.preflight_failure = [f"preflight: {row['stage']} {row['signature']} ({row['cell']}) failed: "
+                                      f"{row['error']}" for row in report.failed]
+            self.preflight_failure.append(f"preflight: report in {failed_md}{kept}")
+            raise ConfigError(f"preflight of {target}: {len(report.failed)} run(s) failed (their lines follow at the end)")
+        write(report, md, csv)
+        for stale in (failed_md, failed_csv):
+            stale.unlink(missing_ok=True)  # an earlier failure, measured again and passed
+        marker = Path(self.preflight_files(target)[0])
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(marker, f"{report.when}\n")
+        print(f"[preflight] report: {md}, {csv}", flush=True)
 
     # ---------------------------------------------------------------- stale runs (harness.plan.stale)
     def superseded(self, sig: str):

@@ -126,13 +126,25 @@ def test_snakemake_preflight_writes_the_report_and_no_run(tmp_path, snakemake):
 
 @pytest.mark.integration
 def test_a_failing_stage_run_stops_the_workflow_with_its_line(tmp_path, snakemake):
-    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "preflight={steps: 2, warmup: 1}",
+    """A failed preflight fails the command with each failed run's line after Snakemake's own
+    report, writes its report beside the last good one and keeps that (and the bill it feeds)."""
+    good = snakemake(tmp_path, "table3", "--config", "scale=tiny", "controls=false", "preflight={steps: 2, warmup: 1}")
+    assert good.returncode == 0, good.stderr[-3000:]
+    reports = tmp_path / "results" / "preflight"
+    before = (reports / "table3.md").read_text(), (reports / "table3.csv").read_text()
+    assert "| steps |" in before[0] and "up to 2 steps each after 1 warm-up" in before[0]
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", "controls=false", "preflight={steps: 2, warmup: 1}",
                     "finetune={batch_size: 63}")
     assert out.returncode != 0
     assert "preflight: finetune" in out.stderr and "AssertionError: Batch size should be even" in out.stderr
+    # the run's line comes after Snakemake's report of the failed rule
+    assert out.stderr.rindex("randsac-harness: preflight: finetune") > out.stderr.rindex("Error in rule")
+    assert f"the last good report stays in results/preflight/table3.md" in out.stderr
     assert not (tmp_path / "results" / "runs").exists()
-    kept = list((tmp_path / "results" / "preflight" / "table3").glob("*/report.md"))
-    assert len(kept) == 1 and "**failed**" in kept[0].read_text()
+    assert ((reports / "table3.md").read_text(), (reports / "table3.csv").read_text()) == before
+    assert "**failed**" in (reports / "table3.failed.md").read_text()
+    kept = list((reports / "table3").glob("*/report.md"))
+    assert len(kept) == 2 and sum("**failed**" in k.read_text() for k in kept) == 1
 
 
 @pytest.mark.integration

@@ -90,18 +90,20 @@ class Report:
     def markdown(self) -> str:
         measured = sum(1 for r in self.rows if not r.get("measured_as"))
         lines = [f"# Preflight of {self.target}", "",
-                 f"{self.when}; {len(self.rows)} stage runs, {measured} measured ({self.settings.steps} steps each "
-                 f"after {self.settings.warmup} warm-up; a run that computes as another one, \"as <run>\", shares "
-                 f"its measurement); executor: {self.where()}.", "",
-                 "| stage | run | cell | model · data | batch/dev | status | img/s step | img/s compute "
+                 f"{self.when}; {len(self.rows)} stage runs, {measured} measured (up to {self.settings.steps} steps "
+                 f"each after {self.settings.warmup} warm-up, fewer where a run's epoch is shorter: the column "
+                 f"steps; a run that computes as another one, \"as <run>\", shares its measurement); executor: "
+                 f"{self.where()}.", "",
+                 "| stage | run | cell | model · data | batch/dev | status | steps | img/s step | img/s compute "
                  "| peak mem | full run | device-h |",
-                 "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+                 "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in self.rows:
             mem = f"{r['peak_mem_gb']:.1f} / {r['capacity_gb']:.0f} GB" if r.get("peak_mem_gb") is not None else "—"
             status = "ok" if r["status"] == "ok" else f"**failed**: {r['error']}"
             status += f" (as {r['measured_as']})" if r.get("measured_as") else ""
             lines.append(f"| {r['stage']} | {r['signature']} | {r['cell']} | {r['model']} · {r['dataset']} "
-                         f"{r['image_size']} px | {r['batch_per_device']} | {status} | {_num(r.get('step_img_s'))} | "
+                         f"{r['image_size']} px | {r['batch_per_device']} | {status} | {r.get('steps') or '—'} | "
+                         f"{_num(r.get('step_img_s'))} | "
                          f"{_num(r.get('compute_img_s'))} | {mem} | {r['epochs']} ep, "
                          f"{hms(r['wall_h'] * 3600) if r.get('wall_h') else '—'} | {_num(r.get('device_h'), 2)} |")
         lines += ["", f"**Total: {self.total_device_h():,.1f} device-hours** projected for the full runs of "
@@ -143,7 +145,9 @@ def write(report: Report, md: Path, table_csv: Path) -> None:
 def preflight_rows(results) -> dict[str, dict]:
     """signature -> its row in the newest preflight report that measured it (ok rows only)."""
     newest: dict[str, dict] = {}
-    for path in results.preflights.glob("*.csv") if results.preflights.exists() else []:
+    reports = [p for p in results.preflights.glob("*.csv") if not p.name.endswith(".failed.csv")] \
+        if results.preflights.exists() else []  # a failed preflight's report is not the last good one
+    for path in reports:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 if row.get("status") == "ok" and row.get("device_h"):
