@@ -6,6 +6,7 @@
     python -m harness.status --list                      # the tables: what each varies, cells, runs
     python -m harness.status --show 'table3:square M=2'  # a cell's resolved config and signatures
     python -m harness.status table3 --table              # its table so far: results/tables/partial/
+    python -m harness.status --clean [--delete]          # what nothing asks for any more (harness.cleanup)
 
 done (its results) / stale (its results, made by other code than today's: the modules that
 changed, or its stale pre-training run; `--config rerun=stale` redoes it) / running (epoch k/n,
@@ -30,6 +31,7 @@ from harness.run import slurm
 from harness.run.watcher import Watcher
 from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
+from harness.core.stages import STAGES
 from harness.plan.stale import CodeState
 from harness.plan.studies import ROOT, ConfigError, StageRun, expand
 from harness.plan.workflow import Plan, parse_config_words
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             "e.g. 'table3:square M=2'; launches nothing")
     ap.add_argument("--table", action="store_true", help="render each target's table from the runs finished so far "
                                                          "into results/tables/partial/ (… marks the rest)")
+    ap.add_argument("--clean", action="store_true", help="list, with sizes, the run folders, superseded results and "
+                    "code snapshots that neither this plan (targets, --config) nor a table nor a live job asks for")
+    ap.add_argument("--delete", action="store_true", help="with --clean: delete them (and mark their MLflow runs deleted)")
     args = ap.parse_args(argv)
     try:
         config = deep_merge(profile_config(args.profile), parse_config_words(args.config))
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.table:
         return partial_tables(plan, args.targets)
+    if args.clean or args.delete:
+        return clean(plan, args.delete)
     wanted = ({"failed", "stopped"} if args.failed else set()) | ({"stale"} if args.stale else set())
     counts: dict[str, int] = {}
     found = []
@@ -212,6 +219,28 @@ def main(argv: list[str] | None = None) -> int:
               "--config rerun=stale (their results are kept in superseded-<when>/ of their run folders)")
     print(plan.bill(args.targets))  # the unfinished runs' device-hours, from the last preflight
     return 0
+
+
+def clean(plan: Plan, delete: bool) -> int:
+    """--clean: what nothing asks for (harness.cleanup), listed; with --delete, deleted."""
+    from harness import cleanup
+
+    if not (plan.results.root / "runs").exists():
+        print(f"[harness] clean: no runs under {plan.results.root}")
+        return 0
+    live = {sig for sig in (p.name for p in (plan.results.root / "runs").iterdir() if p.is_dir())
+            if status_of_folder(plan.results.run(sig)) in ("running", "queued")}
+    items = cleanup.unplanned(plan.results, set(plan.runs), live)
+    print("\n".join(cleanup.report(items)))
+    if delete and items:
+        print("\n".join(cleanup.delete(items, plan.store.uri, plan.results)))
+    return 0
+
+
+def status_of_folder(run: RunFolder) -> str:
+    """running / queued / other, for a run folder whatever its stage."""
+    stage = next((p.stem for p in run.path.glob("*.json") if p.stem in STAGES), None)
+    return "done" if stage else status(run, "pretrain").state
 
 
 def partial_tables(plan: Plan, targets: list[str]) -> int:
