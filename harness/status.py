@@ -6,7 +6,7 @@
     python -m harness.status --list                      # the tables: what each varies, cells, runs
     python -m harness.status --show 'table3:square M=2'  # a cell's resolved config and signatures
     python -m harness.status table3 --table              # its table so far: results/tables/partial/
-    python -m harness.status --clean [--delete]          # what nothing asks for any more (harness.cleanup)
+    python -m harness.status --clean [--delete]          # what nothing asks for any more (harness.report.cleanup)
 
 done (its results) / stale (its results, made by other code than today's: the modules that
 changed, or its stale pre-training run; `--config rerun=stale` redoes it) / running (epoch k/n,
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def clean(plan: Plan, delete: bool) -> int:
-    """--clean: what nothing asks for (harness.cleanup), listed; with --delete, deleted."""
-    from harness import cleanup
+    """--clean: what nothing asks for (harness.report.cleanup), listed; with --delete, deleted."""
+    from harness.report import cleanup
 
     if not (plan.results.root / "runs").exists():
         print(f"[harness] clean: no runs under {plan.results.root}")
