@@ -115,14 +115,9 @@ def per_seed(plan: TablePlan, runs: pd.DataFrame) -> dict[tuple[str, str, str], 
 
 
 def _marks(rows: list) -> str:
-    marks = ""
-    for row in rows:
-        if row is None or not row.n:
-            continue
-        for mark, test in ((NOT_LEARNED_MARK, not_learned), (BELOW_CONTROL_MARK, below_control), (STALE_MARK, stale)):
-            if test(row) and mark not in marks:
-                marks += mark
-    return marks
+    """The marks of either cell, each once, in the tables' order (†, ‡, §)."""
+    tests = ((NOT_LEARNED_MARK, not_learned), (BELOW_CONTROL_MARK, below_control), (STALE_MARK, stale))
+    return "".join(mark for mark, test in tests if any(row is not None and row.n and test(row) for row in rows))
 
 
 def check(plan: TablePlan, runs: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
@@ -198,7 +193,7 @@ def count(frame: pd.DataFrame) -> str:
         text = ", ".join(f"{tally.get(v, 0)} {words[v]}" for v in COUNTED[:3])
         if tally.get(NEEDS_SEEDS, 0):
             text += f", {tally[NEEDS_SEEDS]} {words[NEEDS_SEEDS]} (one seed)"
-        text = f"at {scale}, {seeds_text}: {text} of {len(judged)}"
+        text = f"at {scale}, {seeds_text}: {text} of {len(judged)}" if len(judged) else f"at {scale}: none judged"
         rest = of_scale[~of_scale["verdict"].isin(COUNTED)]["verdict"].value_counts()
         if len(rest):
             text += " (" + ", ".join(f"{k} {v}" for k, v in rest.items()) + ")"
