@@ -77,6 +77,7 @@ class Plan:
         self._table_plans: dict[str, TablePlan] = {}  # computed once per table (Snakemake asks often)
         self.code = Staleness(self.runs, self.results)  # which finished runs today's code has changed
         self.rerun_stale = rerun_stale  # --config rerun=stale: start the stale runs over
+        self.requested: list[str] = []  # the tables the command line names (from_snakemake_config)
         self.preflight_failure: list[str] = []  # a failed preflight's lines, printed last (Snakefile onerror)
         self._superseded: dict[str, Any] = {}  # the superseded param of each run, once per invocation
         self._check_data()
@@ -110,9 +111,11 @@ class Plan:
         files = [t for t in targets or [] if "/" in t or "." in t]
         if only is None and files and not any(t == "all" for t in targets):
             only = studies_of_files(files, scale, overrides, cells)
-        return cls(scale, dict(config.get("executor") or {}), overrides, only=only,
+        plan = cls(scale, dict(config.get("executor") or {}), overrides, only=only,
                    tracking_uri=config.get("tracking_uri"), cells=cells, preflight=preflight,
                    rerun_stale=config.get("rerun") == "stale")
+        plan.requested = [t for t in targets or [] if t in {st.name for st in plan.studies} or t == "all"]
+        return plan
 
     @classmethod
     def for_snakefile(cls, config: dict[str, Any], argv: list[str]) -> "Plan":
@@ -168,8 +171,10 @@ class Plan:
 
     def claims_inputs(self) -> list[str]:
         """What the `claims` target reads: every table plan in results/tables and the result files
-        of its runs that exist, so that it redoes the summary when a run finishes and starts none."""
-        found = []
+        of its runs that exist, so that it redoes the summary when a run finishes and starts none;
+        and the tables asked for beside it (`snakemake table3 claims`), so that it comes after them."""
+        asked = self.studies if "all" in self.requested else [s for s in self.studies if s.name in self.requested]
+        found = [f for s in asked for f in self.table_files(s)]
         for path in sorted(self.results.tables.glob("*.plan.json")):
             try:
                 inputs = TablePlan.read(path).inputs()

@@ -133,3 +133,10 @@ def test_status_into_a_closed_pipe_exits_quietly(workdir):
     out = subprocess.run(f"{sys.executable} -m harness.status all --config scale=tiny | head -1", shell=True,
                          capture_output=True, text=True, timeout=300, cwd=STUDIES.parent)
     assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith("not started  table1")
+
+
+def test_the_claims_target_comes_after_the_tables_asked_beside_it(workdir):
+    alone = Plan.from_snakemake_config({"scale": "tiny"}, ["claims"])
+    assert alone.claims_inputs() == []  # nothing has run: it reads what exists, and starts no run
+    both = Plan.from_snakemake_config({"scale": "tiny"}, ["table3", "claims"])
+    assert set(both.table_files(both.studies[0])) <= set(both.claims_inputs())
