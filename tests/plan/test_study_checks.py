@@ -139,4 +139,6 @@ def test_the_claims_target_comes_after_the_tables_asked_beside_it(workdir):
     alone = Plan.from_snakemake_config({"scale": "tiny"}, ["claims"])
     assert alone.claims_inputs() == []  # nothing has run: it reads what exists, and starts no run
     both = Plan.from_snakemake_config({"scale": "tiny"}, ["table3", "claims"])
-    assert set(both.table_files(both.studies[0])) <= set(both.claims_inputs())
+    table3 = next(s for s in both.studies if s.name == "table3")
+    assert set(both.table_files(table3)) <= set(both.claims_inputs())
+    assert not any("table1" in f for f in both.claims_inputs())  # only the tables asked for
