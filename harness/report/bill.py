@@ -33,10 +33,16 @@ def _devices(script: Path) -> int:
     return (int(nodes.group(1)) if nodes else 1) * max(int(gpus.group(1)) if gpus else 0, 1)
 
 
+# submitit's last line of a job that ended by itself (not killed, not still running)
+_ENDED = ("Exiting after successful completion", "Job completed successfully", "Submitted job triggered an exception")
+
+
 def attempts(log: Path) -> list[float]:
     """Seconds of every start of the job whose first task logs to `log`: from its "Starting with"
-    line to the last timestamped line before the next start, the last one to the log's last write."""
-    spans, start, last = [], None, None
+    line to the last timestamped line before the next start; the last one to the line saying the
+    job ended, or, without one (running, or killed), to the log's last write. (Not the write
+    time of an ended job's log: a copy of results/ made without -p would bill it until the copy.)"""
+    spans, start, last, said = [], None, None, ""
     for line in log.read_text(errors="replace").splitlines():
         m = _STAMP.match(line)
         if not m:
@@ -46,9 +52,10 @@ def attempts(log: Path) -> list[float]:
             if start is not None:
                 spans.append(last - start)
             start = t
-        last = t
+        last, said = t, m.group(2)
     if start is not None:
-        spans.append(max(last, log.stat().st_mtime) - start)
+        ended = said.startswith(_ENDED)
+        spans.append((last if ended else max(last, log.stat().st_mtime)) - start)
     return spans
 
 

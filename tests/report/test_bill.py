@@ -41,6 +41,21 @@ def test_spent_is_wall_time_times_devices_over_every_attempt_requeues_included(t
     assert bill.spent_hours(Results(tmp_path).run("000000000000")) is None  # never ran here
 
 
+def test_a_copied_log_of_an_ended_job_bills_until_it_ended_not_until_the_copy(tmp_path):
+    log = tmp_path / "a" / "13_0_log.out"
+    t0 = 1_700_000_000.0
+    write_log(log.parent, "13", [(t0, t0 + 600)], gpus=0)
+    with open(log, "a") as f:
+        f.write(f"submitit INFO ({stamp(t0 + 610)}) - Job completed successfully\n"
+                f"submitit INFO ({stamp(t0 + 610)}) - Exiting after successful completion\n")
+    os.utime(log, (t0 + 86400, t0 + 86400))  # `cp -r` a day later
+    assert bill.attempts(log) == [610]
+    killed = tmp_path / "b" / "14_0_log.out"  # no line says it ended: until its last write
+    write_log(killed.parent, "14", [(t0, t0 + 600)], gpus=0)
+    os.utime(killed, (t0 + 900, t0 + 900))
+    assert bill.attempts(killed) == [900]
+
+
 def test_projected_sums_the_newest_preflight_of_unfinished_runs_on_this_executor(tmp_path):
     results = Results(tmp_path)
     executor = ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=1)
