@@ -239,10 +239,12 @@ def interval_text(row: dict) -> str:
 
 def lines(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and notes of a claims table, as plain text for Markdown and LaTeX."""
-    header = ["claim", "metric", "dataset", "ours: A − B (n)", "95 % interval", "paper", "verdict", "seeds needed"]
-    rows = []
-    for r in folded(frame):
-        ran = r["dataset"] if r["dataset"] not in r["paper_dataset"].split(" · ") else ""
+    header = ["claim", "metric", "dataset", "ours: A − B (n)", "95 % CI", "paper", "verdict", "seeds needed"]
+    rows, shown = [], folded(frame)
+    stand_in = {r["dataset"] for r in shown} - {d for r in shown for d in r["paper_dataset"].split(" · ")}
+    one_stand_in = len({r["dataset"] for r in shown}) == 1 and stand_in  # said once, in the notes
+    for r in shown:
+        ran = r["dataset"] if r["dataset"] not in r["paper_dataset"].split(" · ") and not one_stand_in else ""
         ours = "—" if r["n"] == 0 else f"{signed(r['effect'])} ({r['n']}){r['marks']}"
         rows.append([f"[{r['claim']}] {r['statement']}", r["metric"],
                      r["paper_dataset"] + (f" (ran {ran})" if ran else ""), ours, interval_text(r),
@@ -254,6 +256,9 @@ def lines(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
              f"gain. Seeds needed: seeds at which the paper's effect (* ours, where the paper gives none) would be found "
              f"with {POWER * 100:.0f} % power at the observed spread of the differences.",
              f"Count: {count(frame)}.", *sources]
+    if one_stand_in:
+        notes.insert(1, f"Every comparison ran on {stand_in.pop()}, which stands in for the paper's datasets at "
+                        f"this scale; the paper's columns that ran as one are counted once.")
     if frame["marks"].str.len().gt(0).any():
         notes.append("A mark on ours (†, ‡, §) is carried from either cell of the comparison (see the table's notes).")
     if (frame["verdict"] == NOT_COMPARABLE).any():
@@ -272,7 +277,7 @@ def latex(frame: pd.DataFrame, label: str, title: str) -> str:
     header, rows, notes = lines(frame)
     out = [r"\begin{table}[t]", r"\centering", r"\footnotesize", rf"\caption{{{tex_text(title)}}}",
            rf"\label{{tab:{label}-claims}}",
-           r"\begin{tabular}{p{0.25\linewidth}lp{0.12\linewidth}rrrlr}", r"\toprule",
+           r"\begin{tabular}{lllrrrlr}", r"\toprule",
            " & ".join(tex_text(h) for h in header) + r" \\", r"\midrule"]
     # "{}" first: a row opening with "[1]" after \\ would read as \\'s optional argument
     out += ["{}" + " & ".join(tex_text(c) for c in row) + r" \\" for row in rows]

@@ -25,7 +25,7 @@ def draw(frame: pd.DataFrame, heading: str, *outs: Path) -> list[Path]:
     """Draw the comparisons of `frame` (harness.report.claims.COLUMNS) into each of `outs`."""
     rows = folded(frame)
     height = 1.4 + 0.32 * max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(9.0, height))
+    fig, ax = plt.subplots(figsize=(10.0, height))
     tables = len({r["table"] for r in rows}) > 1
     labels = []
     for y, r in enumerate(reversed(rows)):
@@ -51,7 +51,7 @@ def draw(frame: pd.DataFrame, heading: str, *outs: Path) -> list[Path]:
     handles = [Line2D([], [], marker="o", color=COLOUR[v], label=v, linewidth=2,
                       markerfacecolor="white" if v in (NEEDS_SEEDS, NOT_COMPARABLE) else COLOUR[v]) for v in shown]
     handles.append(Line2D([], [], marker="x", color="black", linestyle="", label="paper"))
-    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the data
     fig.suptitle("\n".join(textwrap.wrap(heading, 110)), fontsize=9)
     fig.tight_layout()
     for out in outs:
