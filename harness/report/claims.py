@@ -254,7 +254,8 @@ def lines(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
              f"and {LEVEL * 100:.0f} % interval (Student t). Verdict: holds when the interval excludes 0 on the "
              f"paper's side, reversed on the other, unresolved otherwise; needs seeds with one seed. ≯: a claim of no "
              f"gain. Seeds needed: seeds at which the paper's effect (* ours, where the paper gives none) would be found "
-             f"with {POWER * 100:.0f} % power at the observed spread of the differences.",
+             f"with {POWER * 100:.0f} % power at the observed spread of the differences (no more than the seeds run: the "
+             f"paper's effect would likely have shown, so ours is smaller).",
              f"Count: {count(frame)}.", *sources]
     if one_stand_in:
         notes.insert(1, f"Every comparison ran on {stand_in.pop()}, which stands in for the paper's datasets at "
