@@ -26,7 +26,7 @@ from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.layout import Results, RunFolder
 from harness.run.executor import ExecutorConfig, make_executor
 from harness.science import methods
-from harness.plan.studies import ROOT, ConfigError, expand, load_study, one_line
+from harness.plan.studies import ROOT, ConfigError, expand, load_study, validation_line
 from harness.run.tracking import Store
 
 
@@ -69,7 +69,7 @@ def load_search(path: Path, scale: str | None = None) -> Search:
     try:
         search = Search(**raw)
     except ValidationError as err:
-        raise ConfigError(f"search {path}: {one_line(err)}") from None
+        raise ConfigError(f"search {path}: {validation_line(err)}") from None
     base_config(search, {})  # the cell exists and every field of the space is a real config field
     for field_path, p in search.space.items():
         probe = p.choices[0] if p.type == "categorical" else p.low
@@ -88,7 +88,7 @@ def base_config(search: Search, params: dict) -> RunConfig:
     try:
         return methods.validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"search {search.name}: {one_line(err)}") from None
+        raise ConfigError(f"search {search.name}: {validation_line(err)}") from None
     except ValueError as err:
         raise ConfigError(f"search {search.name}: {err}") from None
 

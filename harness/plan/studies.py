@@ -187,7 +187,7 @@ def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
     try:
         study = Study(name=name, **raw)
     except ValidationError as err:
-        raise ConfigError(f"study {name}: {one_line(err)}") from None
+        raise ConfigError(f"study {name}: {validation_line(err)}") from None
     for fname, factor in study.factors.items():
         if isinstance(factor.values, list) and not factor.field:
             raise ConfigError(f"study {name}: factor {fname} lists values but names no config field")
@@ -254,7 +254,7 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
                 try:
                     config = methods.validate(deep_merge(deep_merge(raw, {"seed": seed}), overrides or {}))
                 except ValidationError as err:
-                    raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {one_line(err)}") from None
+                    raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {validation_line(err)}") from None
                 except ValueError as err:
                     raise ConfigError(f"study {study.name}, cell {dataset}: {setting}: {err}") from None
                 cells.append(Cell(study.name, dataset, setting, seed, config, short=", ".join(labels) or setting))
@@ -344,7 +344,7 @@ def check_overrides(study: Study, overrides: dict[str, Any]) -> None:
                                   f"every cell would be the same run; drop it, or ask for a table that does not vary it")
 
 
-def one_line(err: ValidationError) -> str:
+def validation_line(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])

@@ -19,7 +19,7 @@ from harness.core.layout import Results
 from harness.core.metrics import TABLE_METRIC_NAME, TABLE_METRIC_STAGE
 from harness.plan.scales import SCALES
 from harness.plan.studies import (STUDIES_DIR, ConfigError, StageRun, Study, available_studies,
-                                  check_table_numbers, expand, load_study, one_line, plan)
+                                  check_table_numbers, expand, load_study, validation_line, plan)
 from harness.plan.stale import Staleness, start_over
 from harness.plan.table_plan import TablePlan, table_plan
 from harness.run.executor import ExecutorConfig, ExecutorError, check_slurm
@@ -63,7 +63,7 @@ class Plan:
         try:
             self.executor = ExecutorConfig.model_validate(executor)
         except ValidationError as err:
-            raise ConfigError(f"executor: {one_line(err)}") from None
+            raise ConfigError(f"executor: {validation_line(err)}") from None
         self.scale, self.overrides, self.cells = scale, overrides, cells
         self.preflight = preflight  # --config preflight=...: targets preflight their runs instead of running them
         self.asked_at = time.time()  # this invocation: a preflight measures anew every time it is asked
@@ -97,12 +97,12 @@ class Plan:
         try:
             cells = CellOptions.model_validate({k: v for k, v in config.items() if k in CellOptions.model_fields})
         except ValidationError as err:
-            raise ConfigError(one_line(err)) from None
+            raise ConfigError(validation_line(err)) from None
         overrides = {k: v for k, v in config.items() if k in OVERRIDABLE}
         try:
             preflight = PreflightSettings.of(config.get("preflight"))
         except ValidationError as err:
-            raise ConfigError(f"preflight: {one_line(err)} (preflight=true or 'preflight={{steps: 20, warmup: 3}}')") from None
+            raise ConfigError(f"preflight: {validation_line(err)} (preflight=true or 'preflight={{steps: 20, warmup: 3}}')") from None
         if config.get("rerun") not in (None, "stale"):
             raise ConfigError(f"rerun={config['rerun']!r}: the one value is rerun=stale (start over the runs "
                               f"made by other code than today's; python -m harness.status lists them)")

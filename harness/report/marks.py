@@ -21,18 +21,19 @@ BELOW_CONTROL_NOTE = (f"{BELOW_CONTROL_MARK} below its random-init control: at t
                       f"left the encoder worse than a random one for this metric.")
 
 
-def _known(value) -> bool:
+def known(value) -> bool:
+    """A number is there: neither None nor NaN."""
     return value is not None and not pd.isna(value)
 
 
 def not_learned(row) -> bool:
     """The cell's pre-training ended at or above NOT_LEARNED_RATIO × its loss floor."""
-    return _known(row.pretrain_ratio) and row.pretrain_ratio >= NOT_LEARNED_RATIO
+    return known(row.pretrain_ratio) and row.pretrain_ratio >= NOT_LEARNED_RATIO
 
 
 def below_control(row) -> bool:
     """A cell whose number (mean over seeds) is under its own control's (same encoder, recipe, seeds)."""
-    return bool(row.n) and _known(row.control) and row.ours < row.control
+    return bool(row.n) and known(row.control) and row.ours < row.control
 
 
 STALE_MARK = "§"

@@ -22,6 +22,8 @@ import math
 
 import pandas as pd
 
+from harness.report.marks import known
+
 # Added to a table's long form: ours − paper, the 95 % interval of our mean, and "yes"/"no"
 # (empty where there is no verdict).
 COLUMNS = ["ours_minus_paper", "ci95_low", "ci95_high", "reproduced"]
@@ -39,13 +41,9 @@ def interval(mean: float, std: float, n: int) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def _known(value) -> bool:
-    return value is not None and not pd.isna(value)
-
-
 def _judgeable(row) -> bool:
     """A cell of ours, at the paper's scale, with a number of ours and one of the paper's."""
-    return row.scale == "paper" and row.source == "this run" and bool(row.n) and _known(row.paper)
+    return row.scale == "paper" and row.source == "this run" and bool(row.n) and known(row.paper)
 
 
 def judge(long: pd.DataFrame) -> pd.DataFrame:

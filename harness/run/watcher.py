@@ -25,7 +25,7 @@ UNLISTED = ("UNLISTED", "")  # squeue no longer lists the job: it ended over Min
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class QueueSnapshot:
     """The user's jobs as one squeue call saw them: job id -> (state, reason)."""
 
     taken: float  # when the squeue call started (epoch seconds); 0: never asked
@@ -47,7 +47,7 @@ class Watcher:
         self.path = self.folder / f"queue-{self.user}.json"  # per user: squeue -u lists only theirs
         self.lock = self.folder / f"queue-{self.user}.lock"
 
-    def snapshot(self, fresh_after: float | None = None) -> Snapshot:
+    def snapshot(self, fresh_after: float | None = None) -> QueueSnapshot:
         """The latest snapshot, refreshed first when older than the interval and no other
         launcher is refreshing it. `fresh_after`: wait for one taken after that time (a job
         submitted a moment ago by a launcher that died, which an older snapshot cannot show)."""
@@ -61,14 +61,14 @@ class Watcher:
     def state(self, job_id: str, since: float) -> tuple[str, str] | None:
         return self.snapshot().state(job_id, since)
 
-    def read(self) -> Snapshot:
+    def read(self) -> QueueSnapshot:
         try:
             data = json.loads(self.path.read_text())
-            return Snapshot(data["taken"], {k: tuple(v) for k, v in data["jobs"].items()}, data.get("error"))
+            return QueueSnapshot(data["taken"], {k: tuple(v) for k, v in data["jobs"].items()}, data.get("error"))
         except (OSError, ValueError, KeyError, TypeError):  # none yet (or a foreign file): ask
-            return Snapshot(0.0)
+            return QueueSnapshot(0.0)
 
-    def refresh(self, wait: bool) -> Snapshot | None:
+    def refresh(self, wait: bool) -> QueueSnapshot | None:
         """Ask squeue under the lock and write the snapshot; None when another launcher holds the
         lock (and `wait` is false). A snapshot another launcher wrote while this one waited for
         the lock is used as it is."""
@@ -86,22 +86,22 @@ class Watcher:
                 self.write(snap)
             return snap  # the lock goes with the file's closing
 
-    def ask(self) -> Snapshot:
+    def ask(self) -> QueueSnapshot:
         """One squeue call for every job of the user, those that ended in the last MinJobAge
         too (`-t all`: their final state, without asking accounting)."""
         taken = time.time()
         try:
             out = slurm.run("squeue", "-h", "-t", "all", "-u", self.user, "-o", "%i|%T|%r", timeout=60)
         except slurm.SlurmError as err:
-            return Snapshot(taken, error=str(err))
+            return QueueSnapshot(taken, error=str(err))
         jobs = {}
         for line in out.splitlines():
             job_id, _, rest = line.strip().partition("|")
             state, _, reason = rest.partition("|")
             if job_id and state:
                 jobs[job_id] = (state, reason)
-        return Snapshot(taken, jobs)
+        return QueueSnapshot(taken, jobs)
 
-    def write(self, snap: Snapshot) -> None:
+    def write(self, snap: QueueSnapshot) -> None:
         """Atomically: a reader sees the old snapshot or the new one, never half of one."""
         write_text_atomic(self.path, json.dumps({"taken": snap.taken, "error": snap.error, "jobs": snap.jobs}))

@@ -139,7 +139,7 @@ def test_a_failing_stage_run_stops_the_workflow_with_its_line(tmp_path, snakemak
     assert "preflight: finetune" in out.stderr and "AssertionError: Batch size should be even" in out.stderr
     # the run's line comes after Snakemake's report of the failed rule
     assert out.stderr.rindex("randsac-harness: preflight: finetune") > out.stderr.rindex("Error in rule")
-    assert f"the last good report stays in results/preflight/table3.md" in out.stderr
+    assert "the last good report stays in results/preflight/table3.md" in out.stderr
     assert not (tmp_path / "results" / "runs").exists()
     assert ((reports / "table3.md").read_text(), (reports / "table3.csv").read_text()) == before
     assert "**failed**" in (reports / "table3.failed.md").read_text()

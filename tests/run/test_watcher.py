@@ -267,7 +267,7 @@ def test_a_job_a_dead_launcher_left_is_looked_up_in_a_fresh_snapshot(tmp_path, f
     import os
 
     from harness.core.layout import RunFolder
-    from harness.run.watcher import Snapshot
+    from harness.run.watcher import QueueSnapshot
 
     watcher = Watcher(tmp_path / ".slurm", interval_s=600, user="alice")
     run = RunFolder(tmp_path / "runs" / "abc")
@@ -276,12 +276,12 @@ def test_a_job_a_dead_launcher_left_is_looked_up_in_a_fresh_snapshot(tmp_path, f
     run.job.write_text(json.dumps(job_file))
     now = time.time()
     os.utime(run.job, (now - 60, now - 60))  # submitted a minute ago
-    watcher.write(Snapshot(now - 20, {"42": ("RUNNING", "None")}))  # after it, but 20 s old
+    watcher.write(QueueSnapshot(now - 20, {"42": ("RUNNING", "None")}))  # after it, but 20 s old
     fake_slurm.set("42|CANCELLED|None")  # cancelled since
     assert launch.live_slurm_job(run, watcher) is None
     assert len(fake_slurm.calls("squeue")) == 1
     fake_slurm.set("42|RUNNING|None")
-    watcher.write(Snapshot(now - 30, {}))
+    watcher.write(QueueSnapshot(now - 30, {}))
     job, since = launch.live_slurm_job(run, watcher)
     assert job.job_id == "42" and since == run.job.stat().st_mtime
     assert launch.live_slurm_job(run, watcher) is not None  # a snapshot seconds old is shared

@@ -147,17 +147,13 @@ class MemoryWatch:
         return min(machine, int(self.limit_gb * 2**30)) if self.limit_gb else machine
 
 
-def one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
-
-
 def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb: float | None) -> dict[str, Any]:
     """Train `probe`'s stage for warmup + steps steps in a throw-away folder; its measurements."""
     import torch
 
     from harness.core.errors import StageStopped
     from harness.core.layout import RunFolder
+    from harness.run.launch import error_line
     from harness.run.runner import stage_module
     from harness.science import methods
     from harness.stages.context import StageContext
@@ -214,7 +210,7 @@ def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb
                     pass  # asked to stop once the meter was full: what a preflight wants
                 eval_s = meter.time_evaluation()  # its memory counts in the peak too
         except Exception as err:  # noqa: BLE001 -- every failure is this run's one line
-            record.update(status="failed", error=one_line(err))
+            record.update(status="failed", error=error_line(err)[:300])
         record.update(setup_s=meter.setup_s(started), eval_s=eval_s)
         record.update(seconds=time.perf_counter() - started, device=device_name(device),
                       peak_mem_gb=watch.peak / 2**30, capacity_gb=watch.capacity() / 2**30,

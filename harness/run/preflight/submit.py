@@ -12,8 +12,8 @@ import submitit
 from harness.core.config import RunConfig
 from harness.run import slurm
 from harness.run.executor import ExecutorConfig, make_executor
-from harness.run.launch import Unservable, follow, slurm_results
-from harness.run.preflight.probe import PreflightJob, PreflightSettings, Probe, one_line
+from harness.run.launch import Unservable, error_line, follow, slurm_results
+from harness.run.preflight.probe import PreflightJob, PreflightSettings, Probe
 from harness.run.preflight.report import Report, describe_model, project, write
 from harness.run.watcher import Watcher
 
@@ -65,7 +65,7 @@ def run_preflight(target: str, runs: dict, executor: ExecutorConfig, settings: P
             ended = str(err)
         except Exception as err:  # noqa: BLE001 -- the job died; its records say how far it got
             ended = (f"Slurm job {job.job_id} {slurm.final_state(job.job_id)}" if executor.kind == "slurm"
-                     and not isinstance(err, submitit.core.utils.FailedJobError) else f"job {job.job_id}: {one_line(err)}")
+                     and not isinstance(err, submitit.core.utils.FailedJobError) else f"job {job.job_id}: {error_line(err)[:300]}")
         done = {r["signature"]: r for r in map(json.loads, records.read_text().splitlines())} if records.exists() else {}
         for p in group:
             by_sig[p.signature] = done.get(p.signature) or {
