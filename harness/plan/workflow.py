@@ -170,19 +170,25 @@ class Plan:
         return [str(self.results.root / f"claims.{ext}") for ext in ("md", "csv")]
 
     def claims_inputs(self) -> list[str]:
-        """What the `claims` target reads: every table plan in results/tables and the result files
-        of its runs that exist, so that it redoes the summary when a run finishes and starts none;
-        and the tables asked for beside it (`snakemake table3 claims`), so that it comes after them."""
+        """What the `claims` target waits for: the tables asked for beside it (`snakemake table3
+        claims`). Not the table plans and result files it reads: as inputs, Snakemake would plan
+        their rules with this invocation's settings (another table's seeds) and redo them."""
         asked = self.studies if "all" in self.requested else [s for s in self.studies if s.name in self.requested]
-        found = [f for s in asked for f in self.table_files(s)]
-        for path in sorted(self.results.tables.glob("*.plan.json")):
+        return [f for s in asked for f in self.table_files(s)]
+
+    def claims_digest(self) -> str:
+        """What `claims` reads, as a param Snakemake compares: every table plan in results/tables
+        and the result files it names that exist, each with its write time. A run that finishes,
+        or a table written again, redoes the summary; nothing else does."""
+        seen = []
+        for path in sorted(self.results.tables.glob("*.plan.json")) if self.results.tables.exists() else []:
             try:
                 inputs = TablePlan.read(path).inputs()
             except ValueError:  # a plan file of another format: the table rule writes it anew
                 continue
-            found.append(str(path))
-            found += [str(p) for stage, sig in inputs if (p := self.results.run(sig).result(stage)).exists()]
-        return found
+            files = [path, *(p for stage, sig in inputs if (p := self.results.run(sig).result(stage)).exists())]
+            seen += [f"{f} {f.stat().st_mtime_ns}" for f in files]
+        return hashlib.sha256("\n".join(seen).encode()).hexdigest()[:16]
 
     def table_plan(self, study: Study | str) -> TablePlan:
         """What the table of `study` shows (harness.plan.table_plan): its cells in this plan, each with

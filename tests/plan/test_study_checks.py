@@ -137,7 +137,7 @@ def test_status_into_a_closed_pipe_exits_quietly(workdir):
 
 def test_the_claims_target_comes_after_the_tables_asked_beside_it(workdir):
     alone = Plan.from_snakemake_config({"scale": "tiny"}, ["claims"])
-    assert alone.claims_inputs() == []  # nothing has run: it reads what exists, and starts no run
+    assert alone.claims_inputs() == []  # it reads what exists (params), and starts no run
     both = Plan.from_snakemake_config({"scale": "tiny"}, ["table3", "claims"])
     table3 = next(s for s in both.studies if s.name == "table3")
     assert set(both.table_files(table3)) <= set(both.claims_inputs())
