@@ -71,8 +71,9 @@ def progress(run: RunFolder) -> str:
         return "starting"
     p = json.loads(run.progress.read_text())
     age = time.time() - p["time"]
-    return (f"epoch {p['epoch']}/{p['epochs']}, {p['images_per_s']:.0f} img/s, ETA {hms(max(0.0, p['eta_s'] - age))}"
-            f" (updated {hms(age)} ago)")
+    rate = f", {p['images_per_s']:.0f} img/s" if p.get("images_per_s") is not None else ""
+    eta = f", ETA {hms(max(0.0, p['eta_s'] - age))}" if p.get("eta_s") is not None else ""
+    return f"epoch {p['epoch']}/{p['epochs']}{rate}{eta} (updated {hms(age)} ago)"
 
 
 def status(run: RunFolder, stage: str) -> Status:

@@ -20,7 +20,7 @@ from harness.core.stages import DECLARED, Strict as _Strict
 
 def default_data_root() -> str:
     """Where file-based datasets live unless data.root says otherwise: $RANDSAC_DATA or ./data."""
-    return os.environ.get("RANDSAC_DATA") or str(Path(__file__).resolve().parent.parent / "data")
+    return os.environ.get("RANDSAC_DATA") or str(Path(__file__).resolve().parents[2] / "data")  # <repo>/data
 
 
 class DataConfig(_Strict):

@@ -261,11 +261,11 @@ def fit(ctx, task: Task) -> list[dict]:
         ctx.checkpoint.save(epoch + 1, history, dist, **task.saved)
         now = time.perf_counter()
         done_here = epoch + 1 - start - (first / per_epoch if epoch == start else 0)
-        # a job stopped after the last step of an epoch resumes with none of it left: no step
-        # timed yet, no ETA to give (it divided by zero)
-        eta = (now - started) / done_here * (opt_cfg.epochs - epoch - 1) if done_here > 0 else 0.0
-        ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, (count - first) * opt_cfg.batch_size / (now - epoch_start),
-                              now - started, eta))
+        # a job stopped after the last step of an epoch resumes with none of it left: no step of
+        # this attempt timed yet, so no rate and no ETA until the next epoch (not "0 img/s")
+        rate = (count - first) * opt_cfg.batch_size / (now - epoch_start) if count > first else None
+        eta = (now - started) / done_here * (opt_cfg.epochs - epoch - 1) if done_here > 0 else None
+        ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, rate, now - started, eta))
     return history
 
 
@@ -320,14 +320,17 @@ class Progress:
     epoch: int  # epochs done
     epochs: int
     metrics: dict[str, float]
-    images_per_s: float  # training images of the last epoch (all ranks), evaluation included in the time
+    images_per_s: float | None  # training images of the last epoch (all ranks), evaluation included in
+    # the time; None when this attempt has timed no step yet (resumed at an epoch's end)
     elapsed_s: float  # since this attempt started
-    eta_s: float
+    eta_s: float | None  # None: no step of this attempt timed yet
 
     def line(self, name: str) -> str:
         shown = [f"{k} {v:.4g}" for k, v in self.metrics.items() if k != names.LR]
-        return (f"[{name}] epoch {self.epoch}/{self.epochs}  {'  '.join(shown)}  lr {self.metrics[names.LR]:.2e}  "
-                f"{self.images_per_s:.0f} img/s  elapsed {names.hms(self.elapsed_s)}  ETA {names.hms(self.eta_s)}")
+        rate = f"  {self.images_per_s:.0f} img/s" if self.images_per_s is not None else ""
+        eta = f"  ETA {names.hms(self.eta_s)}" if self.eta_s is not None else ""
+        return (f"[{name}] epoch {self.epoch}/{self.epochs}  {'  '.join(shown)}  lr {self.metrics[names.LR]:.2e}"
+                f"{rate}  elapsed {names.hms(self.elapsed_s)}{eta}")
 
 
 def final_accuracy(history: list[dict], split: str) -> dict[str, float]:

@@ -97,6 +97,13 @@ def test_every_study_states_the_papers_claims():
         assert all(c.source for c in study.comparisons())
 
 
+def test_the_default_data_root_is_data_in_the_repository(monkeypatch):
+    from harness.core.config import default_data_root
+
+    monkeypatch.delenv("RANDSAC_DATA", raising=False)
+    assert Path(default_data_root()) == STUDIES.parent / "data"  # where README and harness.fetch put it
+
+
 def test_every_config_of_a_command_line_counts_later_values_win(workdir):
     argv = ["--profile", "local", "table3", "--config", "pretrain={epochs: 3}", "scale=smoke", "-n",
             "--config", "scale=tiny", "seeds=[1]"]

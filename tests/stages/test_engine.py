@@ -168,10 +168,10 @@ def test_a_stop_mid_epoch_continues_from_that_step_exactly(tmp_path, stage, on_d
 
 
 @pytest.mark.integration  # a stage run whole and again resumed
-def test_a_stop_after_the_last_step_of_an_epoch_resumes(tmp_path, tiny_cfg, recorder, run_stage_here):
+def test_a_stop_after_the_last_step_of_an_epoch_resumes(tmp_path, tiny_cfg, recorder, run_stage_here, capsys):
     """A stop that lands after an epoch's last step, before that epoch's end is saved (a Slurm
     time limit did, at step 32/32): the resumed stage has no step of that epoch left to time
-    (its ETA divided by zero) and ends as if never stopped."""
+    (its ETA divided by zero), says no rate and no ETA for it, and ends as if never stopped."""
     from harness.core.errors import StageStopped
     from harness.core.layout import RunFolder
     from harness.run.runner import stage_module
@@ -184,8 +184,12 @@ def test_a_stop_after_the_last_step_of_an_epoch_resumes(tmp_path, tiny_cfg, reco
     ctx = StageContext(cfg, RunFolder(tmp_path / "stopped"), stopped, None, stop=lambda: next(steps) == 3)
     with pytest.raises(StageStopped, match=r"stopped on request at epoch 1/\d+, step 4/4; "):
         stage_module("pretrain").run(ctx)
+    capsys.readouterr()
     resumed = stage_module("pretrain").run(StageContext(cfg, RunFolder(tmp_path / "stopped"), stopped, None))
     assert resumed == final
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] epoch " in line]
+    assert "img/s" not in lines[0] and "ETA" not in lines[0] and "elapsed" in lines[0]  # nothing timed yet
+    assert all("img/s" in line and "ETA" in line for line in lines[1:]) and len(lines) > 1
 
 
 @pytest.fixture
