@@ -29,7 +29,7 @@ onstart:
 
 onerror:
     # a failed preflight: its one line per failed run, after Snakemake's own report of the rule
-    for _line in PLAN.preflight_failure:
+    for _line in PLAN.preflight_failure():
         print(f"randsac-harness: {_line}", file=sys.stderr, flush=True)
 
 

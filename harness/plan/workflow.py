@@ -78,7 +78,6 @@ class Plan:
         self.code = Staleness(self.runs, self.results)  # which finished runs today's code has changed
         self.rerun_stale = rerun_stale  # --config rerun=stale: start the stale runs over
         self.requested: list[str] = []  # the tables the command line names (from_snakemake_config)
-        self.preflight_failure: list[str] = []  # a failed preflight's lines, printed last (Snakefile onerror)
         self._superseded: dict[str, Any] = {}  # the superseded param of each run, once per invocation
         self._check_data()
         try:
@@ -221,6 +220,14 @@ class Plan:
         return [str(self.results.run(sig).result(stage)) for stage, sig in self.table_plan(study).inputs()]
 
     # ---------------------------------------------------------------- preflight (harness.run.preflight)
+    def preflight_failure(self) -> list[str]:
+        """The lines of a preflight that failed in this invocation (results/preflight/.failure,
+        written after it started), for the Snakefile's onerror to print last."""
+        path = self.results.preflights / ".failure"
+        if not path.exists() or path.stat().st_mtime < self.asked_at:
+            return []
+        return path.read_text().splitlines()
+
     def preflight_files(self, target: str) -> list[str]:
         """What a target asks for with --config preflight=...: a marker that its preflight passed
         (results/preflight/.passed/<target>). The report itself, results/preflight/<target>.md and
@@ -250,10 +257,11 @@ class Plan:
         if report.failed:
             write(report, failed_md, failed_csv)
             kept = f"; the last good report stays in {md}" if md.exists() else ""
-            self.preflight_failure = [f"preflight: {row['stage']} {row['signature']} ({row['cell']}) failed: "
-                                      f"{row['error']}" for row in report.failed]
-            self.preflight_failure.append(f"preflight: report in {failed_md}{kept}")
-            raise ConfigError(f"preflight of {target}: {len(report.failed)} run(s) failed (their lines follow at the end)")
+            lines = [f"preflight: {row['stage']} {row['signature']} ({row['cell']}) failed: {row['error']}"
+                     for row in report.failed] + [f"preflight: report in {failed_md}{kept}"]
+            # for the Snakefile's onerror, which prints them last (the rule may run in another process)
+            write_text_atomic(self.results.preflights / ".failure", "\n".join(lines) + "\n")
+            raise ConfigError("\n".join(lines))
         write(report, md, csv)
         for stale in (failed_md, failed_csv):
             stale.unlink(missing_ok=True)  # an earlier failure, measured again and passed

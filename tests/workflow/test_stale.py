@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +38,12 @@ def copy_repository(tmp_path: Path) -> Path:
     for profile in ("local", "slurm"):
         (repo / profile).symlink_to(f"profiles/{profile}")
     study = repo / "studies" / "table3.yaml"
-    text = study.read_text()
-    assert "values: [1, 2, 4]" in text
-    study.write_text(text.replace("values: [1, 2, 4]", "values: [1]"))  # square M=1 and the control
+    raw = yaml.safe_load(study.read_text())
+    assert raw["factors"]["M"]["values"] == [1, 2, 4]
+    raw["factors"]["M"]["values"] = [1]  # square M=1 and the control
+    raw["paper"]["cifar10"] = {"square M=1": raw["paper"]["cifar10"]["square M=1"]}  # the paper's number of that cell
+    raw["claims"] = []  # they compare M=2 with the others: no such cell here
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
     return repo
 
 
