@@ -10,9 +10,9 @@ Codes"). Each code is a verdict for a job this harness submitted:
   node or partition comes back (drained, down, inactive), a hold is released.
 - NEVER: nothing that happens to the cluster lets this job start as submitted: its own request
   is above a per-job limit, its account, QOS or reservation is invalid, its dependency failed.
-- FITS: the code says either (ReqNodeNotAvail, PartitionNodeLimit, PartitionConfig, Resources can
-  mean "the nodes are busy or drained" or "no node of the partition has that much"): a wait when
-  some node of the partition, whatever its state, could hold the request, else NEVER.
+- FITS: the code says either (ReqNodeNotAvail, PartitionNodeLimit, PartitionConfig can mean "the
+  nodes are busy, drained or reserved" or "no node of the partition has that much"): a wait when
+  some node of the partition, whatever its state, could hold the request (one sinfo), else NEVER.
 
 A code the table does not know is a wait: the launcher says it, and `executor.patience_h`
 bounds how long a run waits for anything but its turn.
@@ -29,7 +29,9 @@ REASONS: dict[str, tuple[str, str]] = {
     # its turn in the queue: the normal wait
     "None": (WAIT, "just submitted"),
     "Priority": (WAIT, "jobs of higher priority go first"),
-    "Resources": (FITS, "the nodes it needs are busy"),  # with a request no node holds: never
+    # busy nodes; a request no node could hold gets PartitionConfig instead (seen on this cluster),
+    # so the common wait costs no sinfo call per waiting run
+    "Resources": (WAIT, "the nodes it needs are busy"),
     "WaitingForScheduling": (WAIT, "the scheduler has not looked at it yet"),
     "Dependency": (WAIT, "waits for the jobs it depends on"),
     "BeginTime": (WAIT, "asked not to start before its begin time"),
