@@ -1,0 +1,92 @@
+"""Two torch jobs on one CPU: each one's speed beside the other, against its speed alone, in one run.
+
+    python benchmarks/sharing.py [--seconds 20] [--batch 16] [--policies active passive]
+
+Every job is the `smoke` pre-training step (Table 3's M=2 cell at scale smoke: forward, backward,
+AdamW on a batch already in memory) run in its own process for a fixed time. For each OpenMP wait
+policy it measures, side by side in this one run:
+  - one job alone with every core (what a table run alone gets);
+  - two such jobs at once (a user's tests beside a training table, two pytest workers, a Slurm
+    node that packs two jobs);
+  - two jobs at once with one thread each (the local executor's `jobs: 2`).
+OpenMP's wait policy (`OMP_WAIT_POLICY`) says what a thread does at a barrier: `active` spins,
+`passive` sleeps. It must be set before the OpenMP runtime starts, so every job is a fresh process
+with it in its environment; `default` leaves the runtime's own choice (libgomp spins a while, then
+sleeps). Prints images per second of each job and its share of the speed alone. No threshold is
+asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def job(seconds: float, batch: int, threads: int) -> None:
+    """One training job: print its images per second over `seconds` after a warm-up, as JSON."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from throughput import Bench
+
+    from harness.plan import studies
+
+    torch.set_num_threads(threads)
+    cfg = next(c.config for c in studies.expand(studies.load_study("table3"), "smoke", controls=False)
+               if c.config.segments.size == 2)
+    step = Bench(cfg, torch.device("cpu"), batch).synthetic()
+    for _ in range(3):
+        step()
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}))
+
+
+def run_jobs(n: int, threads: int, policy: str, seconds: float, batch: int) -> list[float]:
+    """Start `n` jobs at once; their images per second."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
+    cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
+           "--threads", str(threads)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a job failed: {outs}")
+    return [json.loads(o.strip().splitlines()[-1])["rate"] for o in outs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured time of each job, after warm-up")
+    ap.add_argument("--batch", type=int, default=16, help="the smoke recipe's pre-training batch")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a job alone")
+    ap.add_argument("--policies", nargs="+", default=["default", "active", "passive"],
+                    choices=["default", "active", "passive"])
+    ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job:
+        job(args.seconds, args.batch, args.threads)
+        return
+    t = args.threads
+    print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "
+          f"{args.seconds:g} s per job after warm-up")
+    print(f"{'OMP_WAIT_POLICY':<16} {'case':<28} {'img/s per job':>22} {'share of alone':>15}")
+    for policy in args.policies:
+        alone = run_jobs(1, t, policy, args.seconds, args.batch)[0]
+        cases = [(f"1 job, {t} threads", [alone]),
+                 (f"2 jobs, {t} threads each", run_jobs(2, t, policy, args.seconds, args.batch)),
+                 ("2 jobs, 1 thread each", run_jobs(2, 1, policy, args.seconds, args.batch))]
+        for name, rates in cases:
+            print(f"{policy:<16} {name:<28} {' '.join(f'{r:7.1f}' for r in rates):>22} "
+                  f"{' '.join(f'{r / alone:6.0%}' for r in rates):>15}")
+
+
+if __name__ == "__main__":
+    main()
