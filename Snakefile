@@ -12,24 +12,24 @@
 import sys
 
 from harness.core.stages import STAGES
-from harness.plan.workflow import Plan
+from harness.workflow import jobs, snakefile
 
 PY = sys.executable
-PLAN = Plan.for_snakefile(config, sys.argv[1:])
+PLAN, PREFLIGHT, STALE = snakefile.load(config, sys.argv[1:])
 
 onstart:
     # a preflight logs nothing and launches no stage job; a table or the claims alone read result files
     if not PLAN.preflight and any(job.rule.name in STAGES for job in workflow.dag.needrun_jobs()):
         PLAN.store.experiment_id()  # create the tracking store once, before jobs write to it
-        PLAN.write_job_files()  # what each stage job is launched with (results/.launch/)
+        jobs.write_job_files(PLAN)  # what each stage job is launched with (results/.launch/)
     # --config rerun=stale: the stale runs this invocation redoes keep their results aside first
-    PLAN.start_over_stale([(job.rule.name, job.wildcards.sig) for job in workflow.dag.needrun_jobs()
+    STALE.start_over([(job.rule.name, job.wildcards.sig) for job in workflow.dag.needrun_jobs()
                            if job.rule.name in STAGES])
 
 
 onerror:
     # a failed preflight: its one line per failed run, after Snakemake's own report of the rule
-    for _line in PLAN.preflight_failure():
+    for _line in PREFLIGHT.failure():
         print(f"randsac-harness: {_line}", file=sys.stderr, flush=True)
 
 
@@ -38,7 +38,7 @@ wildcard_constraints:
 
 
 rule all:
-    input: PLAN.preflight_files("all") if PLAN.preflight else PLAN.table_files()
+    input: PREFLIGHT.files("all") if PLAN.preflight else PLAN.table_files()
     default_target: True
 
 
@@ -49,12 +49,12 @@ rule all:
 # rule with its one line. params.asked changes with every invocation: a preflight measures anew.
 if PLAN.preflight:
     rule preflight:
-        output: PLAN.preflight_files("{target}")
+        output: PREFLIGHT.files("{target}")
         params: asked=PLAN.asked_at
         wildcard_constraints: target="all|" + "|".join(s.name for s in PLAN.studies)
         localrule: True
         run:
-            PLAN.run_preflight(wildcards.target)
+            PREFLIGHT.run(wildcards.target)
 
 
 # A table: its plan (results/tables/<table>.plan.json: the study's captions and numbers, the
@@ -66,7 +66,7 @@ for _study in PLAN.studies:
     if PLAN.preflight:  # the table's target is its preflight report
         rule:
             name: _study.name
-            input: PLAN.preflight_files(_study.name)
+            input: PREFLIGHT.files(_study.name)
             localrule: True
         continue
     rule:
@@ -109,7 +109,7 @@ rule claims:
 # takes `output`, which makes it a derived param that Snakemake does not compare: another table,
 # other executor or runtime settings, or a new field in a config section the run does not read,
 # asking for a finished run do not redo it. params.superseded counts the times the run was started
-# over with newer code (harness.plan.stale): it grows only with --config rerun=stale for a stale
+# over with newer code (harness.workflow.stale): it grows only with --config rerun=stale for a stale
 # run, so a code edit alone redoes nothing, and rerun=stale plans exactly the stale runs.
 for _stage in STAGES:
     rule:
@@ -118,7 +118,7 @@ for _stage in STAGES:
         output: PLAN.result_pattern(_stage)
         params:
             args=lambda wc, s=_stage: PLAN.launch_args(wc.sig, s),
-            job=lambda wc, output, s=_stage: PLAN.job_args(wc.sig, s),
-            superseded=lambda wc: PLAN.superseded(wc.sig),
+            job=lambda wc, output, s=_stage: jobs.job_args(PLAN, wc.sig, s),
+            superseded=lambda wc: STALE.superseded(wc.sig),
         localrule: True
         shell: "{PY} -m harness.run.launch {params.args} {params.job}"

@@ -28,6 +28,7 @@ import yaml
 
 from harness.core.files import write_json_atomic, write_text_atomic
 from harness.core.layout import Results, RunFolder
+from harness.core.stages import PRETRAIN
 from harness.science import methods
 
 
@@ -41,7 +42,7 @@ def translate(old: dict[str, Any]) -> dict[str, Any]:
     """An old resolved config in today's form: MAE's mask ratio in its own section. Other
     methods' sections (the `dino` section every old run carried) are dropped by validation."""
     new = copy.deepcopy(old)
-    ratio = new.get("pretrain", {}).pop("mask_ratio", None)
+    ratio = new.get(PRETRAIN, {}).pop("mask_ratio", None)
     if new.get("method") == "mae" and ratio is not None:
         new.setdefault("mae", {})["mask_ratio"] = ratio
     return new

@@ -17,7 +17,7 @@ import yaml
 
 from harness.core.layout import RunFolder
 from harness.science import methods
-from harness.science.pictures import serializations
+from harness.science.drawing import serializations
 from harness.stages.data import sample_images
 
 

@@ -31,10 +31,12 @@ from harness.run import slurm
 from harness.run.watcher import Watcher
 from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
-from harness.core.stages import STAGES
+from harness.core.stages import PRETRAIN, STAGES
 from harness.plan.stale import CodeState
 from harness.plan.studies import ROOT, ConfigError, StageRun, expand
-from harness.plan.workflow import Plan, parse_config_words
+from harness.workflow.command_line import parse_config_words
+from harness.workflow.plan import Plan
+from harness.workflow.preflight import bill
 
 
 
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if counts.get("stale"):
         print("[harness] stale runs stay as they are; to redo them with today's code: snakemake ... "
               "--config rerun=stale (their results are kept in superseded-<when>/ of their run folders)")
-    print(plan.bill(args.targets))  # the unfinished runs' device-hours, from the last preflight
+    print(bill(plan, args.targets))  # the unfinished runs' device-hours, from the last preflight
     return 0
 
 
@@ -241,7 +243,7 @@ def clean(plan: Plan, delete: bool) -> int:
 def status_of_folder(run: RunFolder) -> str:
     """running / queued / other, for a run folder whatever its stage."""
     stage = next((p.stem for p in run.path.glob("*.json") if p.stem in STAGES), None)
-    return "done" if stage else status(run, "pretrain").state
+    return "done" if stage else status(run, PRETRAIN).state
 
 
 def partial_tables(plan: Plan, targets: list[str]) -> int:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.core import metrics as names
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.layout import Results, RunFolder
+from harness.core.stages import BY_METRIC, PRETRAIN
 from harness.run.executor import ExecutorConfig, make_executor
 from harness.science import methods
 from harness.plan.studies import ROOT, ConfigError, expand, load_study, validation_line
@@ -46,7 +47,7 @@ class Search(BaseModel):
     dataset: str
     setting: str
     scale: str = "smoke"
-    objective: Literal["lin", "ft"] = "lin"
+    objective: Literal[tuple(BY_METRIC)] = "lin"  # a table metric: the evaluation stage that reports it
     validation: float = Field(0.1, gt=0, lt=1)
     trials: int = Field(gt=0)
     workers: int = Field(1, gt=0)
@@ -122,10 +123,13 @@ def run_trial(search: Search, results: Results, tracking_uri: str | None, trial)
     tags = {"tune": search.name, "trial": str(trial.number), "scale": search.scale,
             "study": search.study, "cell": f"{search.dataset}: {search.setting}"}
     store = Store.of(results, tracking_uri)
-    pretrained = RunFolder(trial_dir / "pretrain")
-    eval_stage = names.TABLE_METRIC_STAGE[search.objective]
+    eval_stage = BY_METRIC[search.objective].name
+    # the method's own stages: a method without pre-training (supervised) evaluates from random init
+    stages = [s for s in methods.method(cfg.method).stages if s in (PRETRAIN, eval_stage)]
+    pretrained = RunFolder(trial_dir / PRETRAIN) if PRETRAIN in stages else None
     metrics: dict[str, float] = {}
-    for stage, parent in (("pretrain", None), (eval_stage, pretrained)):
+    for stage in stages:
+        parent = None if stage == PRETRAIN else pretrained
         run = RunFolder(trial_dir / stage)
         run.path.mkdir(parents=True, exist_ok=True)
         stage_tags = {**tags, "stage": stage, "signature": methods.signature(cfg, stage),

@@ -28,7 +28,7 @@ def folder(results: Path, sig: str, files: dict[str, str]) -> Path:
 def test_clean_lists_then_deletes_only_what_nothing_asks_for(tmp_path, monkeypatch):
     import mlflow
 
-    from harness.plan.workflow import Plan
+    from harness.workflow.plan import Plan
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

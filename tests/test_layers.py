@@ -6,7 +6,7 @@ from pathlib import Path
 import harness
 
 PACKAGE = Path(harness.__file__).parent
-LAYERS = ["core", "science", "stages", "run", "plan", "report"]  # bottom to top; top-level modules: commands
+LAYERS = ["core", "science", "plan", "stages", "run", "report", "workflow"]  # bottom to top; top-level modules: commands
 
 
 def module_name(path: Path) -> str:

@@ -55,7 +55,7 @@ def finish(workdir: Path, table: str, stages=("pretrain", "linprobe", "finetune"
     """Result files, as the runner writes them, for the runs of `table` at tiny in the given stages."""
     import json
 
-    from harness.plan.workflow import Plan
+    from harness.workflow.plan import Plan
 
     cwd = os.getcwd()
     os.chdir(workdir)

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from harness.core.catalog import dataset_info
 from harness.core.stages import DECLARED, Strict as _Strict
 
 
@@ -122,7 +121,7 @@ class _Shared(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # runtime
     # runtime: torch.compile pre-training's forward (masks built from the ranks included) and
-    # fused AdamW. Off unless asked: not yet measured on a GPU (on this CPU it only adds compile time)
+    # fused AdamW. Off unless asked: it pays on no device measured so far (docs/findings.md, compile)
     compile: bool = False
 
     @model_validator(mode="before")
@@ -153,8 +152,6 @@ class _Shared(_Strict):
             if side % p:
                 raise ValueError(f"model.patch_size={p} does not divide data.{name}={side}; "
                                  f"choose among {[d for d in range(1, side + 1) if side % d == 0]}")
-        if self.pretrain.norm_pix_loss and p * p * dataset_info(self.data.name).channels < 2:
-            raise ValueError("pretrain.norm_pix_loss needs at least 2 values per patch (patch_size 1 on a 1-channel dataset)")
         return self
 
     @property

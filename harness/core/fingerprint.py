@@ -38,7 +38,7 @@ NOT_NUMBERS = frozenset({
     "harness.core.files",  # how they are written
     "harness.core.errors",  # exception classes
     "harness.core.metrics",  # metric names (and the tables' not-learned threshold)
-    "harness.science.pictures",  # the reconstruction picture, not a number
+    "harness.science.drawing",  # the reconstruction picture, not a number
 })
 HASH_CHARS = 16
 

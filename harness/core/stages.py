@@ -82,6 +82,7 @@ DECLARED: tuple[Stage, ...] = (  # in the order they run
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in DECLARED)
 EVALUATIONS: tuple[str, ...] = tuple(s.name for s in DECLARED if s.evaluates)
+PRETRAIN: str = next(s.name for s in DECLARED if not s.evaluates)  # the stage the evaluations read
 BY_METRIC: dict[str, Stage] = {s.metric: s for s in DECLARED if s.metric}
 
 

@@ -97,7 +97,7 @@ _TINY: dict[str, Any] = {
 }
 
 
-def preset(scale: str, dataset: str, recipe: str | None = None) -> dict[str, Any]:
+def starting_config(scale: str, dataset: str, recipe: str | None = None) -> dict[str, Any]:
     """The starting config of a cell of a study on `dataset` at `scale` (recipe: see above).
 
     At `smoke` and `tiny` every dataset and recipe maps to the same small mnist5k preset, so

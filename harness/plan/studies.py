@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.core.config import RunConfig, deep_merge, dotted_to_nested
 from harness.core.metrics import TABLE_METRIC_STAGE
+from harness.core.stages import EVALUATIONS, PRETRAIN
 from harness.science import methods
 from harness.plan.claims import Claim, Comparison, comparisons
-from harness.plan.scales import SCALES, preset
+from harness.plan.scales import SCALES, starting_config
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: studies/ lives there
 STUDIES_DIR = ROOT / "studies"
@@ -152,7 +153,7 @@ class Cell:
         wanted = {TABLE_METRIC_STAGE[m] for m in metrics}
         own = methods.method(self.config.method).stages
         evals = [s for s in own if s in wanted]
-        return (["pretrain"] if "pretrain" in own and evals else []) + evals
+        return ([PRETRAIN] if PRETRAIN in own and evals else []) + evals
 
 
 @dataclass
@@ -233,7 +234,7 @@ def expand(study: Study, scale: str, overrides: dict[str, Any] | None = None, *,
     for dataset in study.datasets:
         first = len(cells)
         try:
-            start = preset(scale, dataset, study.recipe)
+            start = starting_config(scale, dataset, study.recipe)
         except ValueError as err:
             raise ConfigError(f"study {study.name}: {err}") from None
         study_part = study.base
@@ -290,12 +291,12 @@ def control_cells(cells: list[Cell]) -> list[Cell]:
     cells' architecture, probed and fine-tuned with their recipes. One control per distinct
     (encoder, data, recipes): "random init", or "random init (<first cell's short name>)" when
     the cells differ in what the control depends on (Table 9: "random init (P=2)")."""
-    groups: dict[tuple[str, str], list[RunConfig]] = {}
-    first: dict[tuple[str, str], Cell] = {}
+    groups: dict[tuple[str, ...], list[RunConfig]] = {}
+    first: dict[tuple[str, ...], Cell] = {}
     for cell in cells:
         config = control_config(cell.config)
         seedless = config.model_copy(update={"seed": 0})
-        key = (methods.signature(seedless, "linprobe"), methods.signature(seedless, "finetune"))
+        key = tuple(methods.signature(seedless, stage) for stage in EVALUATIONS)
         first.setdefault(key, cell)
         if all(c.seed != config.seed for c in groups.setdefault(key, [])):
             groups[key].append(config)
@@ -315,10 +316,10 @@ def plan(studies: list[Study], scale: str, overrides: dict[str, Any] | None = No
         check_overrides(study, overrides or {})
         for cell in expand(study, scale, overrides, seeds=seeds, controls=controls):
             stages = cell.stages(study.metrics)
-            parent = cell.signature("pretrain") if "pretrain" in stages else None
+            parent = cell.signature(PRETRAIN) if PRETRAIN in stages else None
             for stage in stages:
                 sig = cell.signature(stage)
-                run = runs.setdefault(sig, StageRun(stage, sig, cell.config, None if stage == "pretrain" else parent))
+                run = runs.setdefault(sig, StageRun(stage, sig, cell.config, None if stage == PRETRAIN else parent))
                 if all((c.study, c.label) != (cell.study, cell.label) for c in run.cells):
                     run.cells.append(cell)
     return runs

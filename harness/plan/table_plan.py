@@ -1,6 +1,6 @@
 """The plan of one table: what rendering it needs, written by the workflow, read by harness.report.tables.
 
-Snakemake writes it from the plan it already holds (harness.plan.workflow.Plan.write_table_plan) to
+Snakemake writes it from the plan it already holds (harness.workflow.plan.Plan.write_table_plan) to
 results/tables/<table>.plan.json; the table rule reads it and the result files of the runs it
 names (results/runs/<signature>/<stage>.json), nothing else: neither the tracking store nor the
 study again. The file (JSON, `TablePlan`):
@@ -38,7 +38,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, create_model
 
 from harness.core.fingerprint import Fingerprint
-from harness.core.stages import DECLARED
+from harness.core.stages import DECLARED, PRETRAIN
 from harness.science import methods
 from harness.plan.claims import Comparison
 from harness.plan.studies import Cell, Study, control_config
@@ -178,7 +178,7 @@ def table_plan(study: Study, scale: str, cells: list[Cell], results: Path | str)
         control = {}
         if of_controls and not cell.control:
             config = control_config(cell.config)
-            theirs = {stage: methods.signature(config, stage) for stage in own if stage != "pretrain"}
+            theirs = {stage: methods.signature(config, stage) for stage in own if stage != PRETRAIN}
             control = {stage: sig for stage, sig in theirs.items() if (stage, sig) in of_controls}
         planned.append(PlannedCell(dataset=cell.dataset, setting=cell.setting, short=cell.short, seed=cell.seed,
                                    control=cell.control, config=CellFacts.of(cell.config), runs=own,

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.core import metrics as names
 from harness.core.layout import Results, RunFolder
+from harness.core.stages import PRETRAIN
 
 _STAMP = re.compile(r"^submitit \w+ \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\) - (.*)$")
 
@@ -81,7 +82,7 @@ def with_spent(long: pd.DataFrame, plan, results: Results) -> tuple[pd.DataFrame
             stage = names.TABLE_METRIC_STAGE[metric]
             if stage in c.runs:
                 sigs = per_row.setdefault((c.dataset, c.setting, names.TABLE_METRIC_NAME[metric]), set())
-                sigs |= {c.runs[stage], *([c.runs["pretrain"]] if "pretrain" in c.runs else [])}
+                sigs |= {c.runs[stage], *([c.runs[PRETRAIN]] if PRETRAIN in c.runs else [])}
     hours = []
     for r in long.itertuples():
         known = [spent[s] for s in per_row.get((r.paper_dataset, r.setting, r.metric), ()) if spent.get(s) is not None]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from harness.core import metrics as names
 from harness.core.layout import Results
-from harness.core.stages import DECLARED
+from harness.core.stages import DECLARED, PRETRAIN
 from harness.report import verdict
 from harness.core.fingerprint import recorded
 from harness.report.marks import (BELOW_CONTROL_MARK, BELOW_CONTROL_NOTE, NOT_LEARNED_MARK, NOT_LEARNED_NOTE,
@@ -81,8 +81,8 @@ def collect(plan: TablePlan, runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset, setting in dict.fromkeys((c.dataset, c.setting) for c in cells):
         of_setting = [c for c in cells if (c.dataset, c.setting) == (dataset, setting)]
-        ratios = [ratio_of[c.runs["pretrain"]] for c in of_setting
-                  if "pretrain" in c.runs and c.runs["pretrain"] in ratio_of]
+        ratios = [ratio_of[c.runs[PRETRAIN]] for c in of_setting
+                  if PRETRAIN in c.runs and c.runs[PRETRAIN] in ratio_of]
         for metric in study.metrics:
             stage = names.TABLE_METRIC_STAGE[metric]
             runnable = [c for c in of_setting if stage in c.runs]
@@ -90,7 +90,7 @@ def collect(plan: TablePlan, runs: pd.DataFrame) -> pd.DataFrame:
             values = [by_sig[s] for s in sigs if s in by_sig]
             own_control = [] if of_setting[0].control else [
                 by_sig[s] for s in (c.control_runs.get(stage) for c in runnable) if s in by_sig]
-            built_from = sigs + [c.runs["pretrain"] for c in runnable if "pretrain" in c.runs]
+            built_from = sigs + [c.runs[PRETRAIN] for c in runnable if PRETRAIN in c.runs]
             changed = sorted({m for s in built_from for m in changed_of.get(s, ())})
             rows.append({"table": study.table, "paper_dataset": dataset, "dataset": of_setting[0].config.data.name,
                          "setting": setting, "metric": names.TABLE_METRIC_NAME[metric],

@@ -1,8 +1,9 @@
 """Run one stage as a submitit job (local executor or Slurm) and wait for it.
 
 Snakemake calls this once per stage run:
-    python -m harness.run.launch --stage pretrain --results results --config '<json>' ...
-It writes the run's resolved config into results/runs/<signature>/, submits a `StageJob` with a
+    python -m harness.run.launch --stage pretrain --results results --signature <sig> [--parent <sig>] \
+        --job results/.launch/<stage>-<sig>-<hash>.json
+(the job file: the run's resolved config, the executor, the tracking store, the MLflow tags). It writes the run's resolved config into results/runs/<signature>/, submits a `StageJob` with a
 fresh submitit folder for this attempt (a reused Slurm job id can never return an old result),
 and waits. The job checkpoints every epoch; on a Slurm timeout or preemption submitit requeues
 it (Checkpointable) and it resumes from the last checkpoint. The job imports the harness from a
@@ -307,27 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", required=True, type=Path, help="the results folder")
     ap.add_argument("--signature", default=None, help="the run's signature; the config must have it")
     ap.add_argument("--parent", default=None, help="signature of the pre-training run (evaluation stages)")
-    ap.add_argument("--job", type=Path, default=None,
+    ap.add_argument("--job", required=True, type=Path,
                     help="a JSON file with the job's config, executor, tracking_uri and tags (the plan writes one "
-                         "per run under results/.launch/, which keeps Snakemake's command line short); the options "
-                         "below, when given, replace its entries")
-    ap.add_argument("--config", default=None, help="resolved RunConfig as JSON")
-    ap.add_argument("--executor", default=None, help="executor settings as JSON")
-    ap.add_argument("--tracking-uri", default=None, help="the MLflow store every job logs to")
-    ap.add_argument("--tags", default=None, help="MLflow tags as JSON")
+                         "per run under results/.launch/, which keeps Snakemake's command line short)")
     args = ap.parse_args(argv)
-    given = json.loads(args.job.read_text()) if args.job else {}
-    for key, value in (("config", args.config), ("executor", args.executor), ("tags", args.tags)):
-        if value is not None:
-            given[key] = json.loads(value)
-    if args.tracking_uri is not None:
-        given["tracking_uri"] = args.tracking_uri
-    if "config" not in given or "tracking_uri" not in given:
-        ap.error("the run's config and tracking store are needed: --job FILE, or --config and --tracking-uri")
-    args.tracking_uri, tags = given["tracking_uri"], given.get("tags", {})
+    given = json.loads(args.job.read_text())
     cfg = methods.validate(given["config"])
     executor = ExecutorConfig.model_validate(given.get("executor", {}))
-    results = Results(args.results)
+    store_uri, results = given["tracking_uri"], Results(args.results)
     run = results.run(methods.signature(cfg, args.stage))
     if args.signature is not None and args.signature != run.signature:
         print(f"[harness] {args.stage}: the config given has signature {run.signature}, not {args.signature}",
@@ -338,27 +326,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[harness] {args.stage} {run.signature} already done: {json.loads(done.read_text())['metrics']}")
         return 0
     watcher = Watcher(results.slurm_queue, executor.poll_s) if executor.kind == "slurm" else None
+    try:
+        job, since = attach_or_submit(args.stage, cfg, run, results, executor, watcher, store_uri, args.parent,
+                                      given.get("tags", {}))
+    except snapshot.CodeMismatch as err:  # a checkpoint whose code is gone: the user decides
+        print(f"[harness] {args.stage} {run.signature} not resumed: {err}", file=sys.stderr, flush=True)
+        return 1
+    return wait(job, f"{args.stage} {run.signature}", executor, watcher, since, store_uri, results, run)
+
+
+def attach_or_submit(stage: str, cfg: RunConfig, run: RunFolder, results: Results, executor: ExecutorConfig,
+                     watcher: Watcher | None, store_uri: str, parent: str | None, tags: dict[str, str]):
+    """The run's live Slurm job, re-attached (a launcher that died left it running), or a new
+    job; an earlier attempt that ended without its result is marked failed in MLflow first.
+    (job, when it was seen: a queue snapshot taken from then on lists it)."""
     live = live_slurm_job(run, watcher) if watcher else None
-    job, since = live or (None, 0.0)
-    if job is None and run.job.exists():  # an earlier attempt ended without its result: say so in MLflow
+    if live is not None:
+        print(f"[harness] {stage} {run.signature}: job {live[0].job_id} still runs; waiting for it", flush=True)
+        return live
+    if run.job.exists():
         earlier = json.loads(run.job.read_text())
         ended = slurm.final_state(str(earlier["job_id"])) if earlier["cluster"] == "slurm" else "stopped"
-        mark_failed(args.tracking_uri, results, run, f"{earlier['cluster']} job {earlier['job_id']} {ended}",
+        mark_failed(store_uri, results, run, f"{earlier['cluster']} job {earlier['job_id']} {ended}",
                     killed=not ended.startswith(("FAILED", "OUT_OF_MEMORY")))
-    if job is not None:
-        print(f"[harness] {args.stage} {run.signature}: job {job.job_id} still runs; waiting for it", flush=True)
-    else:
-        try:
-            job = submit(args.stage, cfg, results, executor, tracking_uri=args.tracking_uri, parent=args.parent,
-                         tags=tags)
-        except snapshot.CodeMismatch as err:  # a checkpoint whose code is gone: the user decides
-            print(f"[harness] {args.stage} {run.signature} not resumed: {err}", file=sys.stderr, flush=True)
-            return 1
-        since = time.time()  # sbatch has returned: a queue snapshot taken from now on lists the job
-        run.job.write_text(json.dumps({"cluster": executor.kind, "job_id": job.job_id, "folder": str(job.paths.folder)}))
-        print(f"[harness] {args.stage} {run.signature}: submitted job {job.job_id} "
-              f"(logs: {job.paths.stdout})", flush=True)
-    if executor.kind == "local":  # a stopped workflow stops its local jobs (Slurm jobs go on)
+    job = submit(stage, cfg, results, executor, tracking_uri=store_uri, parent=parent, tags=tags)
+    since = time.time()  # sbatch has returned
+    run.job.write_text(json.dumps({"cluster": executor.kind, "job_id": job.job_id, "folder": str(job.paths.folder)}))
+    print(f"[harness] {stage} {run.signature}: submitted job {job.job_id} (logs: {job.paths.stdout})", flush=True)
+    return job, since
+
+
+def wait(job, name: str, executor: ExecutorConfig, watcher: Watcher | None, since: float, store_uri: str,
+         results: Results, run: RunFolder) -> int:
+    """Follow the job to its end: its exit status for Snakemake, and one line when it failed (its
+    MLflow run then says why). A stopped workflow stops its local jobs; Slurm jobs go on."""
+    if executor.kind == "local":
         def stop(signum, _frame):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop; the job gets its own SIGTERMs
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -366,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-    name = f"{args.stage} {run.signature}"
     try:
         follow(job, name, executor.kind, watcher, since, executor=executor)
         metrics = (slurm_results(job) if watcher else job.results())[0]  # rank 0's (one result per task)
@@ -380,12 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = (f"Slurm job {job.job_id} {ended}" if settled else error_line(err))[:500]
         if isinstance(err, Unservable):
             reason = str(err)
-        mark_failed(args.tracking_uri, results, run, reason,
+        mark_failed(store_uri, results, run, reason,
                     killed=ended.startswith(("CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL")))
         print(f"[harness] {name} FAILED: {reason}; its MLflow run says so, and asking again resumes it from its "
               f"last checkpoint\n[harness] logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)
         return 1
-    print(f"[harness] {args.stage} {run.signature} done: {metrics}", flush=True)
+    print(f"[harness] {name} done: {metrics}", flush=True)
     return 0
 
 

@@ -32,6 +32,7 @@ def test_signature_is_the_config():
     ({"model.num_heads": 3}, "embed_dim=32 is not divisible by model.num_heads=3"),
     ({"pretrain.epochs": 0}, "pretrain.epochs: Input should be greater than 0"),
     ({"segments.order": "spiral"}, "segments.order: Input should be 'random' or 'raster'"),
+    ({"model.patch_size": 1}, "pretrain.norm_pix_loss needs at least 2 values per patch"),  # the method's check
     ({"method": "byol"}, "unknown method 'byol'; methods are randsac, mae, dino, supervised"),
 ])
 def test_bad_overrides_are_one_clear_line(overrides, message):

@@ -91,7 +91,7 @@ def test_a_stage_run_closure_is_its_stage_and_method_not_the_tables():
     assert not {"harness.science.model", "harness.science.pixel_loss", "harness.science.segments"} & control
     for modules in (randsac, control):
         assert not {m for m in modules if m.split(".")[1:2] in (["run"], ["plan"], ["report"])}
-        assert not {"harness.status", "harness.core.layout", "harness.science.pictures"} & modules
+        assert not {"harness.status", "harness.core.layout", "harness.science.drawing"} & modules
 
 
 def test_a_loss_edit_changes_exactly_that_module_of_randsac_and_nothing_of_the_control(package):

@@ -9,7 +9,8 @@ import pytest
 import harness
 from harness.core.layout import Results
 from harness.plan.stale import Staleness, start_over
-from harness.plan.workflow import NOT_COMPARED, Plan
+from harness.workflow.plan import Plan
+from harness.workflow.stale import NOT_COMPARED, StaleRuns
 from harness.science import methods
 
 
@@ -60,10 +61,10 @@ def test_a_loss_edit_makes_randsac_runs_and_their_evaluations_stale_not_the_cont
 
 
 def test_superseded_param_grows_only_for_stale_runs_asked_to_rerun(table3, tmp_path):
-    def invocation(rerun: bool, root=None) -> Plan:  # a new Snakemake call: its own Plan
+    def invocation(rerun: bool, root=None) -> StaleRuns:  # a new Snakemake call: its own Plan
         plan = Plan("tiny", {}, {}, results=table3.results, only=["table3"], rerun_stale=rerun)
         plan.code = Staleness(plan.runs, plan.results, root=root)
-        return plan
+        return StaleRuns(plan)
 
     sig = next(s for s, r in table3.runs.items() if r.stage == "pretrain")
     control = next(s for s, r in table3.runs.items() if r.config.method == "random_init")
@@ -74,7 +75,7 @@ def test_superseded_param_grows_only_for_stale_runs_asked_to_rerun(table3, tmp_p
     rerun = invocation(True, edited)
     assert rerun.superseded(sig) == 1 and rerun.superseded(control) is NOT_COMPARED
 
-    rerun.start_over_stale([("pretrain", sig)])  # onstart: results kept aside, the old MLflow run tagged
+    rerun.start_over([("pretrain", sig)])  # onstart: results kept aside, the old MLflow run tagged
     assert rerun.superseded(sig) == 1  # Snakemake asks again when the job starts: the same value
     assert invocation(False, edited).superseded(sig) == 1  # the next call, while it runs: its folder counts
     run = table3.results.run(sig)

@@ -7,7 +7,8 @@ import yaml
 
 from harness.plan.studies import ConfigError, expand, load_study
 from harness.plan.table_plan import table_plan
-from harness.plan.workflow import Plan
+from harness.workflow.jobs import mlflow_tags
+from harness.workflow.plan import Plan
 from harness.report.tables import collect
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -24,7 +25,7 @@ def test_seed_override_is_the_seed_of_every_cell_label_and_run_name(workdir):
     cells = expand(load_study("table3"), "tiny", {"seed": 1})
     assert {c.seed for c in cells} == {1} and {c.config.seed for c in cells} == {1}
     plan = Plan.from_snakemake_config({"scale": "tiny", "seed": 1}, ["table3"])
-    names = [plan.mlflow_tags(sig, run.stage)["mlflow.runName"] for sig, run in plan.runs.items()]
+    names = [mlflow_tags(plan, sig, run.stage)["mlflow.runName"] for sig, run in plan.runs.items()]
     assert names and all(" · s1 · table3" in n for n in names)
     assert {c.seed for c in plan.table_plan("table3").cells} == {1}
     seeds1 = Plan.from_snakemake_config({"scale": "tiny", "seeds": [1]}, ["table3"])
@@ -108,14 +109,16 @@ def test_every_config_of_a_command_line_counts_later_values_win(workdir):
     argv = ["--profile", "local", "table3", "--config", "pretrain={epochs: 3}", "scale=smoke", "-n",
             "--config", "scale=tiny", "seeds=[1]"]
     config = {"scale": "tiny", "seeds": [1]}  # what Snakemake passes: the last --config alone
-    plan = Plan.for_snakefile(config, argv)
+    from harness.workflow import snakefile
+
+    plan = snakefile.load(config, argv).plan
     once = Plan.from_snakemake_config({"scale": "tiny", "seeds": [1], "pretrain": {"epochs": 3}}, ["table3"])
     assert set(plan.runs) == set(once.runs) and plan.scale == "tiny"
     assert {r.config.pretrain.epochs for r in plan.runs.values()} == {3}
 
 
 def test_a_dotted_key_is_refused_with_the_form_that_works():
-    from harness.plan.workflow import parse_config_words
+    from harness.workflow.command_line import parse_config_words
 
     with pytest.raises(ConfigError, match=r"--config pretrain.epochs=20: a dotted key is not a config key; "
                                           r"write it as 'pretrain=\{epochs: 20\}'"):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from harness.plan.studies import ConfigError, expand, load_study, plan
-from harness.plan.workflow import Plan, studies_for
+from harness.plan.targets import studies_for
+from harness.workflow.plan import Plan
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
@@ -56,7 +57,7 @@ def test_executor_overrides_from_snakemake_config():
 def test_seeds_from_the_command_line_replace_the_studys():
     cells = expand(load_study("table3"), "tiny", seeds=[0, 1, 2])
     assert sorted({c.seed for c in cells}) == [0, 1, 2] and len(cells) == 4 * 3
-    from harness.plan.workflow import Plan
+    from harness.workflow.plan import Plan
 
     plan3 = Plan.from_snakemake_config({"scale": "tiny", "seeds": ["0", "1", "2"]}, ["table3"])  # as Snakemake parses
     assert plan3.cells.seeds == [0, 1, 2] and len(plan3.runs) == 3 * (3 * 3 + 2)
@@ -67,7 +68,7 @@ def test_file_targets_plan_only_the_studies_they_belong_to():
     """A run's result file as the target: only the tables holding that run are planned, so an
     override another table varies (K, for Table 5) is not refused; an unknown run is one line."""
     from harness.plan.studies import ConfigError
-    from harness.plan.workflow import CellOptions, studies_of_files
+    from harness.plan.targets import CellOptions, studies_of_files
 
     overrides = {"segments": {"count": 9}}
     with pytest.raises(ConfigError, match="sets what table5 varies"):

@@ -15,7 +15,7 @@ import pytest
 from harness.core.layout import Results
 from harness.plan.studies import expand, load_study
 from harness.plan.table_plan import TablePlan
-from harness.plan.workflow import Plan
+from harness.workflow.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,13 @@
 def test_launch_refuses_a_config_without_the_signature_asked_for(tmp_path, tiny_cfg):
     from harness.run.launch import main
 
+    import json
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": tiny_cfg().model_dump(mode="json"), "executor": {},
+                               "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "tags": {}}))
     code = main(["--stage", "pretrain", "--results", str(tmp_path / "results"), "--signature", "000000000000",
-                 "--config", tiny_cfg().model_dump_json(), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+                 "--job", str(job)])
     assert code == 2 and not (tmp_path / "results" / "runs").exists()
 
 

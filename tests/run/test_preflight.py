@@ -13,7 +13,8 @@ import pytest
 import submitit
 import torch
 
-from harness.plan.workflow import Plan
+from harness.workflow.plan import Plan
+from harness.workflow.preflight import Preflight
 from harness.run.executor import ExecutorConfig
 from harness.run.preflight.probe import PreflightSettings, Probe, StepMeter, measure, per_device
 from harness.run.preflight.report import project
@@ -170,7 +171,7 @@ def test_every_table_at_paper_scale_runs_on_the_cpu(tmp_path, monkeypatch, capsy
              "pretrain": {"batch_size": 1}, "linprobe": pairs, "finetune": pairs}, ["all"])
         plan.results = type(plan.results)(tmp_path / "results")
         started = time.time()
-        plan.run_preflight("all")
+        Preflight(plan).run("all")
     seconds = time.time() - started
     rows = pd.read_csv(tmp_path / "results" / "preflight" / "all.csv", keep_default_na=False, dtype=str).to_dict("records")
     assert len(rows) == len(plan.runs) and {r["status"] for r in rows} == {"ok"}

@@ -40,16 +40,17 @@ def edit_loss(src: Path) -> None:
 def launcher(workdir: Path, src: Path, monkeypatch, executor: dict, overrides: dict):
     """The launch command Snakemake would run for Table 3's M=2 pre-training, started with the
     copy first on the import path: (command, environment, run folder, config)."""
-    from harness.plan.workflow import Plan
+    from harness.workflow import jobs
+    from harness.workflow.plan import Plan
 
     workdir.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     plan = Plan("tiny", executor, overrides, only=["table3"])
-    plan.write_job_files()  # what the Snakefile's onstart does
+    jobs.write_job_files(plan)  # what the Snakefile's onstart does
     sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain" and r.cells[0].setting == "square M=2")
     cmd = [sys.executable, "-m", "harness.run.launch", *shlex.split(plan.launch_args(sig, "pretrain")),
-           *shlex.split(plan.job_args(sig, "pretrain"))]
+           *shlex.split(jobs.job_args(plan, sig, "pretrain"))]
     env = {**os.environ, "PYTHONPATH": str(src)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return cmd, env, RunFolder(workdir / plan.results.run(sig).path), plan.runs[sig].config

@@ -4,6 +4,7 @@ Skipped with a reason when no cluster answers; under CI (CI=true) a missing clus
 """
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,15 +63,16 @@ def launcher(tmp_path, monkeypatch, executor: dict, overrides: dict):
     import shlex
     import sys
 
-    from harness.plan.workflow import Plan
+    from harness.workflow import jobs
+    from harness.workflow.plan import Plan
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     plan = Plan("tiny", {"kind": "slurm", "partition": "cpu", "mem_gb": 2, **executor}, overrides, only=["table3"])
     sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain" and r.cells[0].setting == "square M=2")
-    plan.write_job_files()  # Snakemake's onstart
+    jobs.write_job_files(plan)  # Snakemake's onstart
     cmd = [sys.executable, "-m", "harness.run.launch", *shlex.split(plan.launch_args(sig, "pretrain")),
-           *shlex.split(plan.job_args(sig, "pretrain"))]
+           *shlex.split(jobs.job_args(plan, sig, "pretrain"))]
     return cmd, plan.results.run(sig), plan.runs[sig].config
 
 
@@ -160,12 +162,18 @@ def test_a_job_that_dies_leaves_its_mlflow_run_failed_and_asking_again_finishes_
 def test_a_request_no_node_can_serve_is_cancelled_with_one_line(tmp_path, monkeypatch):
     """Submitted past the planner's check (the launcher alone), a job that waits for 8 CPUs on a
     2-CPU node is cancelled at once with the reason Slurm gives."""
+    import json
+
     cmd, run, _ = launcher(tmp_path, monkeypatch, {"cpus_per_task": 1, "timeout_min": 20}, {})
-    cmd += ["--executor", '{"kind": "slurm", "partition": "cpu", "mem_gb": 2, "cpus_per_task": 8, "timeout_min": 20}']
+    job_file = Path(cmd[cmd.index("--job") + 1])
+    job = json.loads(job_file.read_text())
+    job["executor"] = {**job["executor"], "cpus_per_task": 8}  # what the planner would have refused
+    cmd[cmd.index("--job") + 1] = str(tmp_path / "job-8-cpus.json")
+    (tmp_path / "job-8-cpus.json").write_text(json.dumps(job))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "can never start: PartitionConfig" in out.stderr or "can never start" in out.stderr, out.stderr
-    job_id = str(__import__("json").loads(run.job.read_text())["job_id"])
+    job_id = str(json.loads(run.job.read_text())["job_id"])
     assert sacct_states(job_id)[-1].startswith("CANCELLED")
 
 
@@ -176,16 +184,17 @@ def test_a_rerun_waits_for_the_live_slurm_job_instead_of_submitting_again(tmp_pa
     import signal
     import sys
 
-    from harness.plan.workflow import Plan
+    from harness.workflow import jobs
+    from harness.workflow.plan import Plan
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     plan = Plan("tiny", {"kind": "slurm", "partition": "cpu", "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 20},
                 {"pretrain": {"epochs": 6}, "data": {"train_subset": 1024}}, only=["table3"])
     sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain")
-    plan.write_job_files()
+    jobs.write_job_files(plan)
     cmd = [sys.executable, "-m", "harness.run.launch", *shlex.split(plan.launch_args(sig, "pretrain")),
-           *shlex.split(plan.job_args(sig, "pretrain"))]
+           *shlex.split(jobs.job_args(plan, sig, "pretrain"))]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = first.stdout.readline()
     assert "submitted job" in line

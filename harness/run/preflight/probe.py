@@ -151,40 +151,9 @@ def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb
     """Train `probe`'s stage for warmup + steps steps in a throw-away folder; its measurements."""
     import torch
 
-    from harness.core.errors import StageStopped
     from harness.core.layout import RunFolder
-    from harness.run.launch import error_line
-    from harness.run.runner import stage_module
+    from harness.run.preflight.context import NoCheckpoint, PreflightContext
     from harness.science import methods
-    from harness.stages.context import StageContext
-    from harness.stages.checkpoint import Checkpoint
-
-    class NoCheckpoint(Checkpoint):
-        """A preflight starts from step 0 and keeps nothing."""
-
-        def save(self, *args, **kwargs) -> None:
-            pass
-
-        def resume(self, *args, **kwargs):
-            return 0, [], None
-
-    class PreflightContext(StageContext):
-        """An evaluation stage without its pre-training: it starts from the encoder as
-        initialised (MAE's initialisation, as the supervised baseline's)."""
-
-        _as_initialised = False
-
-        def initial_encoder(self, drop_path: float = 0.0):
-            if self.parent is not None:
-                return super().initial_encoder(drop_path)
-            self._as_initialised = True
-            try:
-                return super().initial_encoder(drop_path)
-            finally:
-                self._as_initialised = False
-
-        def method(self):
-            return methods.method("supervised")(self.cfg) if self._as_initialised else super().method()
 
     cfg = per_device(methods.validate(probe.config), probe.stage, world_size)
     batch = getattr(cfg, probe.stage).batch_size
@@ -198,19 +167,9 @@ def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb
         ctx.meter, ctx.stop = meter, meter.full
         watch = MemoryWatch(device, limit_gb)
         started = time.perf_counter()
-        eval_s = None
-        try:
-            with watch:
-                try:
-                    metrics = stage_module(probe.stage).run(ctx)
-                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}  # a stage shorter than the preflight
-                    if bad:
-                        raise FloatingPointError(f"final metrics not finite: {bad}")
-                except StageStopped:
-                    pass  # asked to stop once the meter was full: what a preflight wants
-                eval_s = meter.time_evaluation()  # its memory counts in the peak too
-        except Exception as err:  # noqa: BLE001 -- every failure is this run's one line
-            record.update(status="failed", error=error_line(err)[:300])
+        error, eval_s = train(probe.stage, ctx, meter, watch)
+        if error:
+            record.update(status="failed", error=error)
         record.update(setup_s=meter.setup_s(started), eval_s=eval_s)
         record.update(seconds=time.perf_counter() - started, device=device_name(device),
                       peak_mem_gb=watch.peak / 2**30, capacity_gb=watch.capacity() / 2**30,
@@ -225,6 +184,29 @@ def measure(probe: Probe, settings: PreflightSettings, world_size: int, limit_gb
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record
+
+
+def train(stage: str, ctx, meter: "StepMeter", watch: "MemoryWatch") -> tuple[str, float | None]:
+    """Run the stage until the meter is full, then time one evaluation (its memory counts in the
+    peak too): (the failure's one line or "", the evaluation's seconds)."""
+    from harness.core.errors import StageStopped
+    from harness.run.launch import error_line
+    from harness.run.runner import stage_module
+
+    eval_s = None
+    try:
+        with watch:
+            try:
+                metrics = stage_module(stage).run(ctx)
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}  # a stage shorter than the preflight
+                if bad:
+                    raise FloatingPointError(f"final metrics not finite: {bad}")
+            except StageStopped:
+                pass  # asked to stop once the meter was full: what a preflight wants
+            eval_s = meter.time_evaluation()
+    except Exception as err:  # noqa: BLE001 -- every failure is this run's one line
+        return error_line(err)[:300], eval_s
+    return "", eval_s
 
 
 def per_device(cfg: RunConfig, stage: str, world_size: int) -> RunConfig:

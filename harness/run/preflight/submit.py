@@ -10,6 +10,7 @@ from pathlib import Path
 import submitit
 
 from harness.core.config import RunConfig
+from harness.core.stages import PRETRAIN
 from harness.run import slurm
 from harness.run.executor import ExecutorConfig, make_executor
 from harness.run.launch import Unservable, error_line, follow, slurm_results
@@ -77,7 +78,7 @@ def run_preflight(target: str, runs: dict, executor: ExecutorConfig, settings: P
         rec = {**by_sig[measured_as[sig]], "signature": sig, "stage": run.stage,
                "measured_as": "" if measured_as[sig] == sig else measured_as[sig]}
         report.rows.append({**rec, "cell": cell_label(run, target), "dataset": cfg.data.name,
-                            "image_size": cfg.eval_size if run.stage != "pretrain" else cfg.data.image_size,
+                            "image_size": cfg.eval_size if run.stage != PRETRAIN else cfg.data.image_size,
                             "model": describe_model(cfg), "batch_per_device": getattr(cfg, run.stage).batch_size // world,
                             "peak_mem_gb": rec.get("peak_mem_gb"), "capacity_gb": rec.get("capacity_gb"),
                             "device": rec.get("device", ""), **project(rec, cfg, executor)})

@@ -25,7 +25,7 @@ from pydantic import BaseModel, create_model
 
 from harness.core.config import RUNTIME_FIELDS, RunConfig
 from harness.core.fingerprint import Fingerprint, fingerprint
-from harness.core.stages import declared
+from harness.core.stages import PRETRAIN, declared
 from harness.science.methods.base import Method
 
 REGISTRY: dict[str, str] = {  # name -> the module holding its Method
@@ -87,10 +87,10 @@ def _reads(full: dict[str, Any], cfg: RunConfig, stage: str) -> dict[str, Any]:
         keys = ("method", "data", "model", stage, *own.reads, *([cfg.method] if own.settings else []), "seed")
         return {"stage": stage, **{k: full[k] for k in keys if k in full}}
     common = {k: full[k] for k in ("data", stage, "seed") if k in full}
-    if "pretrain" not in own.stages:  # from random initialisation: the supervised baseline is the control's run
+    if PRETRAIN not in own.stages:  # from random initialisation: the supervised baseline is the control's run
         encoder = {k: v for k, v in full["model"].items() if k in ENCODER_FIELDS}
         return {"stage": stage, "init": "random", "parent": None, "model": encoder, **common}
-    return {"stage": stage, "parent": signature(cfg, "pretrain"), **common}
+    return {"stage": stage, "parent": signature(cfg, PRETRAIN), **common}
 
 
 def stage_config(cfg: RunConfig, stage: str) -> dict[str, Any]:

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from harness.science.encoder import Encoder
 
 
+def check_pixel_targets(cfg: RunConfig) -> None:
+    """A method that predicts normalized pixels needs at least 2 values per patch to normalize."""
+    if cfg.pretrain.norm_pix_loss and cfg.model.patch_size ** 2 * dataset_info(cfg.data.name).channels < 2:
+        raise ValueError("pretrain.norm_pix_loss needs at least 2 values per patch (patch_size 1 on a 1-channel "
+                         "dataset); use patch_size >= 2 or norm_pix_loss: false")
+
+
 class Settings(Strict):
     """A method's own hyper-parameters: the config section named after the method."""
 

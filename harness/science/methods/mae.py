@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from harness.science.methods.base import Method as Base, Settings
+from harness.science.methods.base import Method as Base, Settings, check_pixel_targets
 
 
 class MaeSettings(Settings):
@@ -21,6 +21,10 @@ class Method(Base):
         # does not mean better features here (docs/findings.md, MAE at smoke)
         "smoke": {"pretrain": {"base_lr": 1.5e-2}},
     }
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        check_pixel_targets(cfg)
 
     def build(self):
         from harness.science.baselines import MAE

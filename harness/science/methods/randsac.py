@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from harness.science.methods.base import Method as Base
+from harness.science.methods.base import Method as Base, check_pixel_targets
 
 
 class Method(Base):
@@ -19,6 +19,7 @@ class Method(Base):
     @classmethod
     def check(cls, cfg) -> None:
         cfg.segments.check(cfg.grid_size)
+        check_pixel_targets(cfg)
 
     @cached_property
     def serializer(self):
@@ -48,7 +49,7 @@ class Method(Base):
         import torch
 
         from harness.science.pixel_loss import patchify, unpatchify
-        from harness.science.pictures import reconstruction_figure
+        from harness.science.drawing import reconstruction_figure
         from harness.science.segments import serialize
 
         with torch.no_grad():

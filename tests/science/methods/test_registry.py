@@ -95,7 +95,7 @@ def test_settings_of_an_unknown_method_are_refused():
 
 def test_planning_every_table_imports_no_torch():
     """Snakemake's plan and the launcher that waits on a job read methods' settings without torch."""
-    code = ("import sys; from harness.plan.workflow import Plan; import harness.run.launch\n"
+    code = ("import sys; from harness.workflow.plan import Plan; import harness.run.launch\n"
             "from harness.plan.studies import plan, load_study, available_studies\n"
             "for scale in ('tiny', 'smoke', 'paper'):\n"
             "    plan([load_study(n) for n in available_studies()], scale)\n"

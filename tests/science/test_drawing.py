@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from harness.science.pictures import SHOWCASE, sample_panel, serializations
+from harness.science.drawing import SHOWCASE, sample_panel, serializations
 
 
 def test_serializations_picture(tmp_path):
