@@ -12,7 +12,7 @@
 import sys
 
 from harness.core.stages import STAGES
-from harness.workflow import jobs, snakefile
+from harness.workflow import jobs, snakefile, tracking
 
 PY = sys.executable
 PLAN, PREFLIGHT, STALE = snakefile.load(config, sys.argv[1:])
@@ -20,7 +20,7 @@ PLAN, PREFLIGHT, STALE = snakefile.load(config, sys.argv[1:])
 onstart:
     # a preflight logs nothing and launches no stage job; a table or the claims alone read result files
     if not PLAN.preflight and any(job.rule.name in STAGES for job in workflow.dag.needrun_jobs()):
-        PLAN.store.experiment_id()  # create the tracking store once, before jobs write to it
+        tracking.open_store(PLAN)  # created once, spools of earlier runs replayed; one line if it does not answer
         jobs.write_job_files(PLAN)  # what each stage job is launched with (results/.launch/)
     # --config rerun=stale: the stale runs this invocation redoes keep their results aside first
     STALE.start_over([(job.rule.name, job.wildcards.sig) for job in workflow.dag.needrun_jobs()

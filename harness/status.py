@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from harness.run import slurm
+from harness.run.spool import Spool
 from harness.run.watcher import Watcher
 from harness.core.layout import Results, RunFolder
 from harness.core.metrics import hms
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", action="store_true", help="list, with sizes, the run folders, superseded results and "
                     "code snapshots that neither this plan (targets, --config) nor a table nor a live job asks for")
     ap.add_argument("--delete", action="store_true", help="with --clean: delete them (and mark their MLflow runs deleted)")
+    ap.add_argument("--replay", action="store_true", help="deliver to the tracking store what runs spooled while it "
+                                                          "did not answer (harness.run.spool)")
     args = ap.parse_args(argv)
     try:
         config = deep_merge(profile_config(args.profile), parse_config_words(args.config))
@@ -198,18 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         return partial_tables(plan, args.targets)
     if args.clean or args.delete:
         return clean(plan, args.delete)
+    if args.replay:
+        return replay_spools(plan)
     wanted = ({"failed", "stopped"} if args.failed else set()) | ({"stale"} if args.stale else set())
     counts: dict[str, int] = {}
-    found = []
+    found, spooled_runs = [], 0
     for sig, run in plan.runs.items():  # in study, cell, stage order
         st = with_code(status(plan.results.run(sig), run.stage), plan.code.state(sig))
         counts[st.state] = counts.get(st.state, 0) + 1
+        spooled = Spool(plan.results.run(sig), run.stage).waiting()
+        if spooled:
+            spooled_runs += 1
+            st = Status(st.state, f"{st.detail}; tracking: {spooled} events spooled".lstrip("; "))
         if wanted and st.state not in wanted:
             continue
         cell = run.cells[0]
         found.append({"signature": sig, "stage": run.stage, "table": cell.study, "setting": cell.setting,
                       "dataset": cell.dataset, "seed": cell.seed, "state": st.state, "detail": st.detail,
-                      "tables": sorted({c.study for c in run.cells})})
+                      "tables": sorted({c.study for c in run.cells}), "spooled": spooled})
         if not args.json:
             print(line(sig, run, st))
     if args.json:
@@ -220,8 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     if counts.get("stale"):
         print("[harness] stale runs stay as they are; to redo them with today's code: snakemake ... "
               "--config rerun=stale (their results are kept in superseded-<when>/ of their run folders)")
+    if spooled_runs:
+        print(f"[harness] {spooled_runs} runs have tracking the store does not hold yet (it did not answer); "
+              f"`python -m harness.status --replay` delivers it")
     print(bill(plan, args.targets))  # the unfinished runs' device-hours, from the last preflight
     return 0
+
+
+def replay_spools(plan: Plan) -> int:
+    """--replay: what runs spooled while the store did not answer, delivered now (idempotent)."""
+    from harness.run.forwarder import replay
+
+    if (why := plan.store.unreachable()) is not None:
+        print(f"randsac-harness: error: tracking store {plan.store.uri} does not answer ({why}); nothing replayed",
+              file=sys.stderr)
+        return 1
+    delivered, behind = replay(plan.results, plan.store)
+    print(f"[harness] tracking: {delivered} spooled run(s) delivered to {plan.store.uri}"
+          + (f"; {behind} could not be (the store failed meanwhile)" if behind else ""))
+    return 1 if behind else 0
 
 
 def clean(plan: Plan, delete: bool) -> int:

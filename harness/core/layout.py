@@ -3,6 +3,7 @@
     results/
       runs/<signature>/   one stage run: config.yaml, checkpoint.pt, encoder.pt, <stage>.json,
                           progress.json, mlflow_run_id, job.json, code.json, submitit/<attempt>/ (job logs),
+                          tracking/<stage>.jsonl (what the stage logs, spooled for the store) and .sent,
                           superseded-<when>/ (earlier results, kept when it was redone with newer code)
       code/<hash>/harness/  a snapshot of the package: the code the jobs that name it run
       mlflow.db           the default MLflow store (sqlite); mlartifacts/ its artifacts
@@ -68,6 +69,12 @@ class RunFolder:
     @property
     def mlflow_run_id(self) -> Path:
         return self.path / "mlflow_run_id"
+
+    @property
+    def tracking(self) -> Path:
+        """The stage's tracking spool (harness.run.spool): <stage>.jsonl, what it logged, and
+        <stage>.sent, how much of it the store holds."""
+        return self.path / "tracking"
 
     @property
     def job(self) -> Path:

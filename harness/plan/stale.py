@@ -100,8 +100,8 @@ class Staleness:
 
 def start_over(run: RunFolder, stage: str, why: str, tag=None) -> Path:
     """Keep a stale run's results aside and leave its folder ready to start over: its result
-    file, checkpoint, encoder, progress, reconstruction, config, code snapshot record and MLflow
-    run id move into `superseded-<when its result was written>/` (nothing is deleted; the
+    file, checkpoint, encoder, progress, reconstruction, config, code snapshot record, MLflow
+    run id and tracking spool move into `superseded-<when its result was written>/` (nothing is deleted; the
     submitit logs stay where they are), and `tag(mlflow_run_id, why)` marks its MLflow run (the
     workflow passes the store's tagger). Returns the folder they went to."""
     result = run.result(stage)
@@ -114,7 +114,7 @@ def start_over(run: RunFolder, stage: str, why: str, tag=None) -> Path:
     dest.mkdir()
     run_id = run.mlflow_run_id.read_text().strip() if run.mlflow_run_id.exists() else None
     kept = [result, run.checkpoint, run.encoder, run.progress, run.reconstruction, run.config, run.code,
-            run.mlflow_run_id]
+            run.mlflow_run_id, run.tracking]
     for path in kept:
         if path.exists():
             shutil.move(str(path), dest / path.name)

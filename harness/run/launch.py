@@ -54,10 +54,7 @@ class StageJob(submitit.helpers.Checkpointable):
         stop_signals = {signal.SIGTERM, env._usr_sig()} | ({signal.SIGINT} if env.cluster == "local" else set())
         for signum in stop_signals:  # SIGINT: Ctrl-C on a local workflow; set before the slow imports
             signal.signal(signum, lambda signum, _frame: asked.append(signum))
-        from harness.core.errors import StageStopped
-        from harness.run.runner import run_stage
-        from harness.stages import distributed, engine
-        from harness.run.tracking import Store
+        from harness.run.tracking import Forwarder, Store
 
         results = Results(Path(self.results))
         tags = self.tags
@@ -65,13 +62,21 @@ class StageJob(submitit.helpers.Checkpointable):
             code = snapshot.check_job(self.code, results.run(self.signature), results)
             print(f"[harness] code: snapshot {code.hash} ({code.package})", flush=True)
             tags = {**tags, "code_snapshot": code.hash}
+        store = Store(self.tracking_uri, results)
+        # rank 0 logs: its forwarder opens the store while this process imports torch (side by side)
+        forwarder = Forwarder.start(store, results.run(self.signature), self.stage) if env.global_rank == 0 else None
+
+        from harness.core.errors import StageStopped
+        from harness.run.runner import run_stage
+        from harness.stages import distributed, engine
+
         engine.set_threads(self.threads)
         dist = distributed.setup()
         parent = results.run(self.parent) if self.parent else None
         try:
             metrics = run_stage(self.stage, methods.validate(self.config), results.run(self.signature),
-                                store=Store(self.tracking_uri, results), tags=tags, parent=parent, dist=dist,
-                                stop=lambda: bool(asked))
+                                store=store, tags=tags, parent=parent, dist=dist, stop=lambda: bool(asked),
+                                forwarder=forwarder)
         except StageStopped as stopped:
             print(f"[harness] {stopped}", flush=True)
             if env.cluster == "slurm" and slurm.final_state(os.environ.get("SLURM_JOB_ID", "")).startswith("CANCELLED"):
@@ -295,11 +300,18 @@ def mark_failed(store_uri: str, results: Results, run: RunFolder, reason: str, k
         return
     from harness.run.tracking import Store, retry
 
-    client = Store(store_uri, results).client()
+    store = Store(store_uri, results)
     run_id = run.mlflow_run_id.read_text().strip()
-    retry(lambda: client.set_tag(run_id, "failure", reason))
-    if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
-        retry(lambda: client.set_terminated(run_id, status="KILLED" if killed else "FAILED"))
+    try:
+        if (why := store.unreachable()) is not None:
+            raise ConnectionError(why)
+        client = store.client()
+        retry(lambda: client.set_tag(run_id, "failure", reason))
+        if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
+            retry(lambda: client.set_terminated(run_id, status="KILLED" if killed else "FAILED"))
+    except Exception as err:  # noqa: BLE001 -- the store's outage must not hide the job's own failure
+        print(f"[harness] MLflow run {run_id} not marked failed: the store does not answer "
+              f"({str(err).splitlines()[0][:200]})", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import getpass
 import importlib
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 from harness.core import metrics as names
@@ -17,7 +15,7 @@ from harness.core.layout import RunFolder
 from harness.science import methods
 from harness.stages.context import StageContext
 from harness.stages.distributed import SINGLE, Dist
-from harness.run.tracking import StageTracker, Store, flatten
+from harness.run.tracking import Forwarder, StageTracker, Store, flatten
 
 
 def stage_module(stage: str):
@@ -26,7 +24,8 @@ def stage_module(stage: str):
 
 
 def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags: dict[str, str],
-              parent: RunFolder | None = None, dist: Dist = SINGLE, stop=None) -> dict[str, float]:
+              parent: RunFolder | None = None, dist: Dist = SINGLE, stop=None,
+              forwarder: Forwarder | None = None) -> dict[str, float]:
     """Train one stage in this process inside its MLflow run (rank 0) and write its result file.
 
     The MLflow run: named and tagged by the workflow (`tags`: table, cell, ...), plus what this
@@ -35,7 +34,9 @@ def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags:
     `code.fingerprint`, `code.git_dirty`, `code.git_diff`); nested under its pre-training run;
     its params are what its signature hashes and, `code.<module>`, the hash of each module of
     its code; its metrics `<stage>/<name>` per epoch and `<stage>/final_<name>` at the end; its
-    config, dataset (an MLflow input) and system metrics logged. The result file (metrics,
+    config, dataset (an MLflow input) and system metrics logged. All of it goes through the
+    stage's tracking spool, which a forwarder process carries to the store (harness.run.spool,
+    harness.run.forwarder): the stage neither imports MLflow nor waits for it. The result file (metrics,
     MLflow run, tags, `code`, `superseded`: how many earlier results of the run were kept
     aside when it was started over with newer code), written last, is what tells Snakemake (and a second request)
     that the run is done. `stop()` is asked after every training step: true, the stage
@@ -54,19 +55,16 @@ def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags:
             "mlflow.user": getpass.getuser(), "code.fingerprint": code["fingerprint"],
             "code.git_dirty": str(code["git"]["dirty"]), "code.git_diff": str(code["git"]["diff"])}
     if parent is not None:
-        tags["parent"] = parent.signature
-        if parent.mlflow_run_id.exists():  # nested under the pre-training run it reads
-            tags["mlflow.parentRunId"] = parent.mlflow_run_id.read_text().strip()
+        tags["parent"] = parent.signature  # and nested under its MLflow run, once the forwarder knows its id
     params = {k: v for k, v in flatten(methods.stage_config(cfg, stage)).items() if k not in ("stage", "parent")}
     params |= {f"code.{module}": digest for module, digest in code["modules"].items()}
-    with StageTracker(store, run, tags, params, prefix=stage) as tracker:
+    with StageTracker(store, run, tags, params, prefix=stage, parent=parent, forwarder=forwarder) as tracker:
         tracker.log_artifact(run.config)
-        with system_metrics(store, tracker.run_id):
-            metrics = module.run(StageContext(cfg, run, tracker, parent, dist, name=label, stop=stop))
+        metrics = module.run(StageContext(cfg, run, tracker, parent, dist, name=label, stop=stop))
         tracker.log({names.final(k): v for k, v in metrics.items()}, step=0)
-        result = {"stage": stage, "signature": run.signature, "metrics": metrics,
-                  "mlflow_run_id": tracker.run_id, "tags": tags, "code": code,
-                  "superseded": len(run.superseded())}  # times started over: what the workflow compares
+    result = {"stage": stage, "signature": run.signature, "metrics": metrics,
+              "mlflow_run_id": tracker.run_id, "tags": tags, "code": code,
+              "superseded": len(run.superseded())}  # times started over: what the workflow compares
     write_json_atomic(run.result(stage), result)
     return metrics
 
@@ -80,24 +78,3 @@ def code_record(stage: str, cfg: RunConfig, run: RunFolder) -> dict:
     snapshot = json.loads(run.code.read_text()) if run.code.exists() else {}
     git = snapshot.get("git") or git_state(Path(snapshot.get("source", package_root())))
     return {**code.to_json(), "git": git}
-
-
-@contextmanager
-def system_metrics(store: Store, run_id: str):
-    """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py sees one),
-    sampled every 10 s or every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds. The samples
-    taken since the last logged step are logged at the end: MLflow's monitor drops them, so a
-    stage shorter than one interval (a linear probe on cached features) would log none."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    interval_s = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=store.uri)
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()  # joins its thread: what it collected and did not log is still there
-        last = monitor.aggregate_metrics()
-        if last:
-            monitor.publish_metrics(last)
-            monitor.mlflow_logger.flush()

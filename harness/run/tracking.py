@@ -13,8 +13,10 @@ makes a new MLflow run, and the earlier one is tagged `superseded`.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
-import shutil
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +32,9 @@ ARTIFACTS_SCHEME = "mlflow-artifacts:/"
 T = TypeVar("T")
 
 
-TRANSIENT = ("locked", "connection", "unique constraint failed")
+# sqlite's races, retried in place; a store that does not answer is not retried here: the
+# forwarder keeps the events and tries again (harness.run.forwarder)
+TRANSIENT = ("locked", "unique constraint failed")
 
 
 def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
@@ -40,7 +44,7 @@ def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
     for i in range(attempts):
         try:
             return fn()
-        except Exception as err:  # MlflowException, sqlalchemy OperationalError, connection errors
+        except Exception as err:  # MlflowException, sqlalchemy OperationalError
             if i == attempts - 1 or not any(word in str(err).lower() for word in TRANSIENT):
                 raise
             time.sleep(delay * 2 ** i)
@@ -98,6 +102,23 @@ class Store:
             kind = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on its training runs
             return retry(lambda: c.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=kind))
 
+    def unreachable(self, timeout_s: float = 5.0) -> str | None:
+        """Why the store does not answer now, or None when it does: an MLflow server's /health
+        within `timeout_s` (MLflow's own client would retry one call for minutes); a local
+        store is always there."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=timeout_s) as answer:
+                return None if answer.status == 200 else f"HTTP {answer.status}"
+        except urllib.error.HTTPError as err:  # it answers, but not as a healthy server: the client will say more
+            return None if err.code in (401, 403) else f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError) as err:
+            return str(getattr(err, "reason", err))
+
     def artifact_dir(self, artifact_uri: str) -> Path | None:
         """Where the local store keeps a run's artifacts (`artifact_uri` of the run), or None
         when a server keeps them."""
@@ -126,72 +147,105 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class StageTracker:
-    """Start or continue the MLflow run of one stage; log its metrics (under `<prefix>/`),
-    its dataset and its artifacts."""
+    """The MLflow run of one stage, as the stage sees it: what it logs (metrics under
+    `<prefix>/`, its dataset, artifacts, its end) goes into its spool (harness.run.spool) at
+    once, and a forwarder process (harness.run.forwarder) carries it to the store. The stage
+    never imports MLflow and never waits for the store; at its end it gives the forwarder time
+    to deliver (`drain_s`, less when the store is known not to answer) and says what is left."""
 
     def __init__(self, store: Store, run: RunFolder, tags: dict[str, str], params: dict[str, Any],
-                 prefix: str | None = None):
+                 prefix: str | None = None, parent: RunFolder | None = None, forwarder: "Forwarder | None" = None,
+                 drain_s: float = 300.0):
+        from harness.run.spool import Spool
+
         self.store, self.run = store, run
-        self.tags, self.params, self.prefix = tags, params, prefix
-        self.client = None
-        self.run_id: str | None = None
-        self.artifact_uri: str | None = None
+        self.tags, self.params, self.prefix, self.parent = tags, params, prefix, parent
+        self.spool = Spool(run, prefix or "stage")
+        self.forwarder, self.drain_s = forwarder, drain_s
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run's id once the forwarder has created it."""
+        return self.run.mlflow_run_id.read_text().strip() if self.run.mlflow_run_id.exists() else None
 
     def __enter__(self) -> "StageTracker":
-        self.client = self.store.client()
-        id_file = self.run.mlflow_run_id
-        if id_file.exists():
-            self.run_id = id_file.read_text().strip()
-            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
-        else:
-            exp = self.store.experiment_id()
-            run = retry(lambda: self.client.create_run(exp, tags=self.tags, run_name=self.tags.get("mlflow.runName")))
-            self.run_id = run.info.run_id
-            params = [(k, str(v)[:6000]) for k, v in flatten(self.params).items()]
-            from mlflow.entities import Param
-
-            for i in range(0, len(params), 100):
-                chunk = [Param(k, v) for k, v in params[i:i + 100]]
-                retry(lambda: self.client.log_batch(self.run_id, params=chunk))
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(self.run_id)
-        self.artifact_uri = retry(lambda: self.client.get_run(self.run_id)).info.artifact_uri
+        if self.forwarder is None:
+            self.forwarder = Forwarder.start(self.store, self.run, self.spool.stage)
+        params = {k: str(v)[:6000] for k, v in flatten(self.params).items()}
+        self.spool.append("open", tags=self.tags, params=params, parent=str(self.parent.path) if self.parent else None,
+                          ts=now_ms())
         return self
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(names.key(self.prefix, k) if self.prefix else k, float(v), now, step) for k, v in metrics.items()]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        values = {names.key(self.prefix, k) if self.prefix else k: float(v) for k, v in metrics.items()}
+        self.spool.append("metrics", step=step, ts=now_ms(), values=values)
 
     def log_input(self, name: str, digest: str, source: str, profile: dict[str, Any], context: str = "train") -> None:
         """The dataset this stage read, as an MLflow input (the run page's Datasets)."""
-        import json
-
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
-                          profile=json.dumps(profile))
-        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
-        retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        self.spool.append("input", name=name, digest=digest, source=source, profile=profile, context=context)
 
     def log_artifact(self, path: Path) -> None:
-        local = self.store.artifact_dir(self.artifact_uri)
-        if local is None:
-            retry(lambda: self.client.log_artifact(self.run_id, str(path)))
-            return
-        local.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, local / Path(path).name)
+        self.spool.append("artifact", path=str(Path(path).resolve()))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit, StageStopped)):
             status = "KILLED"  # preemption / requeue: the run continues on restart
         else:
             status = "FAILED" if exc_type is not None else "FINISHED"
-        if status == "FINISHED":  # an earlier attempt's failure is history now, not the run's state
-            failure = retry(lambda: self.client.get_run(self.run_id)).data.tags.get("failure")
-            if failure is not None:
-                retry(lambda: self.client.set_tag(self.run_id, "recovered", failure))
-                retry(lambda: self.client.delete_tag(self.run_id, "failure"))
-        retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        self.spool.append("close", status=status)
+        self.forwarder.finish(self.drain_s)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Forwarder:
+    """The process that carries a stage's spool to the store (harness.run.forwarder)."""
+
+    def __init__(self, proc: subprocess.Popen, spool_events: Path, state: Path):
+        self.proc, self.events, self.state = proc, spool_events, state
+
+    @classmethod
+    def start(cls, store: Store, run: RunFolder, stage: str) -> "Forwarder":
+        """Start it now (a job starts it before its own imports: both start up side by side)."""
+        from harness.core.fingerprint import package_root
+
+        env = dict(os.environ)  # the same harness as this process: a job's snapshot
+        env["PYTHONPATH"] = os.pathsep.join([str(package_root().parent), *filter(None, [env.get("PYTHONPATH")])])
+        cmd = [sys.executable, "-P", "-m", "harness.run.forwarder", "--run", str(run.path), "--stage", stage,
+               "--uri", store.uri, "--results", str(store.results.root), "--parent-pid", str(os.getpid())]
+        run.tracking.mkdir(parents=True, exist_ok=True)
+        return cls(subprocess.Popen(cmd, env=env), run.tracking / f"{stage}.jsonl", run.tracking / f"{stage}.state")
+
+    def store_down(self) -> bool:
+        try:
+            return json.loads(self.state.read_text()).get("down_since") is not None
+        except (FileNotFoundError, ValueError):
+            return False
+
+    def finish(self, drain_s: float) -> None:
+        """Wait for it to deliver the run's end (a few seconds when the store does not answer),
+        then stop it; say how much waits in the spool if it could not deliver it all."""
+        deadline = time.time() + drain_s
+        while self.proc.poll() is None and time.time() < deadline:
+            if self.store_down():
+                deadline = min(deadline, time.time() + DOWN_GRACE_S)
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        from harness.run.spool import Spool
+
+        run = RunFolder(self.events.parent.parent)
+        waiting = Spool(run, self.events.stem).waiting()
+        if waiting:
+            print(f"[harness] tracking: {waiting} events of this stage wait in {self.events}; the next workflow "
+                  f"or `python -m harness.status --replay` delivers them", flush=True)
+
+
+DOWN_GRACE_S = 5.0  # how long a stage's end waits for a store that is known not to answer
