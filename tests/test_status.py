@@ -132,3 +132,28 @@ def test_a_partial_table_marks_what_has_not_run(tmp_path):
     assert "| LIN | 50.0 " in md and "| FT  | …  " in md
     assert "Partial table: 7 of 11 runs done; … a cell whose runs have not finished, — a cell that does not apply." in md
     assert not (tmp_path / "results" / "tables" / "table3.md").exists()  # the workflow's table is left alone
+
+
+def test_status_marks_spooled_tracking_and_replay_needs_the_store(tmp_path):
+    """A run whose tracking the store does not hold yet is marked; --replay against a store that
+    does not answer is one line and changes nothing."""
+    import socket
+
+    from harness.core.layout import RunFolder
+    from harness.run.spool import Spool
+
+    sig = finish(tmp_path, "table3", stages=("pretrain",))[0]
+    spool = Spool(RunFolder(tmp_path / "results" / "runs" / sig), "pretrain")
+    spool.append("open", tags={}, params={}, parent=None, ts=0)
+    spool.append("metrics", step=0, ts=0, values={"pretrain/loss": 1.0})
+    out = run_status(tmp_path, "table3", "--config", "scale=tiny")
+    assert out.returncode == 0, out.stderr
+    marked = [line for line in out.stdout.splitlines() if sig in line]
+    assert len(marked) == 1 and "tracking: 2 events spooled" in marked[0]
+    assert "1 runs have tracking the store does not hold yet" in out.stdout and "--replay" in out.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}"
+    replay = run_status(tmp_path, "--replay", "--config", "scale=tiny", f"tracking_uri={nowhere}")
+    assert replay.returncode == 1 and replay.stderr.count("\n") == 1 and "does not answer" in replay.stderr
+    assert spool.waiting() == 2

@@ -254,3 +254,26 @@ def test_nan_loss_fails_the_job_and_its_mlflow_run(tmp_path, monkeypatch, snakem
     assert not (failed / "pretrain.json").exists()
     err = next((failed / "submitit").glob("*/*_log.err")).read_text()
     assert "NonFiniteLoss" in err and "loss is" in err
+
+
+def test_a_store_that_does_not_answer_delays_no_run(tmp_path, snakemake):
+    """The workflow starts at once and says so in one line; the run trains, writes its result
+    and keeps what it logged in its spool, which harness.status marks."""
+    import socket
+
+    from harness.core.layout import RunFolder
+    from harness.run.spool import Spool
+    from harness.workflow.plan import Plan
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}"
+    plan = Plan("tiny", {}, {"pretrain": {"epochs": 1}}, only=["table3"])
+    sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain")
+    target = f"results/runs/{sig}/pretrain.json"
+    out = snakemake(tmp_path, target, "--config", "scale=tiny", "pretrain={epochs: 1}", f"tracking_uri={nowhere}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    said = out.stdout + out.stderr
+    assert said.count(f"tracking store {nowhere} does not answer") == 2  # the workflow's line, the stage's line
+    run = RunFolder(tmp_path / "results" / "runs" / sig)
+    assert run.result("pretrain").exists() and Spool(run, "pretrain").waiting() > 0
