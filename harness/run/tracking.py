@@ -84,11 +84,21 @@ class Store:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def client(self):
-        """A client of the store; creating a new sqlite store is serialized."""
+        """A client of the store; creating a new sqlite store is serialized, and the file it
+        makes follows the umask (SQLite makes it -rw-r--r-- whatever the umask: a group sharing
+        results/ with umask 002 could not log to it)."""
         import mlflow
 
         with self.creation_lock():
-            return mlflow.MlflowClient(self.uri)
+            client = mlflow.MlflowClient(self.uri)
+            db = self.results.mlflow_db
+            if self.local and self.uri == f"sqlite:///{db.resolve()}" and db.exists():
+                from harness.core.files import umask
+
+                wanted = 0o666 & ~umask()
+                if db.stat().st_mode & 0o777 != wanted and db.stat().st_uid == os.getuid():
+                    os.chmod(db, wanted)
+            return client
 
     def experiment_id(self) -> str:
         """Create the store and the experiment once; its id. The local store's experiment keeps

@@ -92,3 +92,18 @@ def test_a_run_finished_after_a_failure_says_it_recovered(results_dir):
     finished = store.client().get_run(run_id)
     assert finished.info.status == "FINISHED" and "failure" not in finished.data.tags
     assert finished.data.tags["recovered"] == "Slurm job 12 CANCELLED by 0"
+
+
+def test_the_sqlite_store_follows_the_umask(tmp_path):
+    """With umask 002 (a group sharing results/), the store is group-writable; SQLite alone makes
+    it -rw-r--r--."""
+    script = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from harness.core.layout import Results
+        from harness.run.tracking import Store
+        os.umask(0o002)
+        Store.of(Results(Path({str(tmp_path)!r}))).experiment_id()
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    assert (tmp_path / "mlflow.db").stat().st_mode & 0o777 == 0o664
