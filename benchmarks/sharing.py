@@ -1,19 +1,20 @@
 """Two torch jobs on one CPU: each one's speed beside the other, against its speed alone, in one run.
 
-    python benchmarks/sharing.py [--seconds 20] [--batch 16] [--policies active passive]
+    python benchmarks/sharing.py [--seconds 20] [--batch 16] [--envs default OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=10000]
 
 Every job is the `smoke` pre-training step (Table 3's M=2 cell at scale smoke: forward, backward,
 AdamW on a batch already in memory) run in its own process for a fixed time. For each OpenMP wait
-policy it measures, side by side in this one run:
+setting of the OpenMP runtime's environment it measures, side by side in this one run:
   - one job alone with every core (what a table run alone gets);
   - two such jobs at once (a user's tests beside a training table, two pytest workers, a Slurm
     node that packs two jobs);
   - two jobs at once with one thread each (the local executor's `jobs: 2`).
 OpenMP's wait policy (`OMP_WAIT_POLICY`) says what a thread does at a barrier: `active` spins,
-`passive` sleeps. It must be set before the OpenMP runtime starts, so every job is a fresh process
-with it in its environment; `default` leaves the runtime's own choice (libgomp spins a while, then
-sleeps). Prints images per second of each job and its share of the speed alone. No threshold is
-asserted.
+`passive` sleeps; GNU OpenMP's `GOMP_SPINCOUNT` says how long it spins before it sleeps
+(default 300,000 spins). Both must be set before the OpenMP runtime starts, so every job is a
+fresh process with the setting in its environment; `default` sets neither. Prints images per
+second of each job and its share of the speed alone of that setting and of `default`. No
+threshold is asserted.
 """
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ def job(seconds: float, batch: int, threads: int) -> None:
     print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}))
 
 
-def run_jobs(n: int, threads: int, policy: str, seconds: float, batch: int) -> list[float]:
-    """Start `n` jobs at once; their images per second."""
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy != "default":
-        env["OMP_WAIT_POLICY"] = policy.upper()
+OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def run_jobs(n: int, threads: int, setting: str, seconds: float, batch: int) -> list[float]:
+    """Start `n` jobs at once with `setting` ("default" or NAME=VALUE) in their environment;
+    their images per second."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP}
+    if setting != "default":
+        name, _, value = setting.partition("=")
+        env[name] = value
     cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
            "--threads", str(threads)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
@@ -67,8 +72,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time of each job, after warm-up")
     ap.add_argument("--batch", type=int, default=16, help="the smoke recipe's pre-training batch")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a job alone")
-    ap.add_argument("--policies", nargs="+", default=["default", "active", "passive"],
-                    choices=["default", "active", "passive"])
+    ap.add_argument("--envs", nargs="+", default=["default", "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=10000"],
+                    help="OpenMP settings to compare: default, or NAME=VALUE")
     ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
@@ -77,16 +82,18 @@ def main() -> None:
     t = args.threads
     print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "
           f"{args.seconds:g} s per job after warm-up")
-    print(f"{'OMP_WAIT_POLICY':<16} {'case':<28} {'img/s per job':>22} {'share of alone':>15}")
-    for policy in args.policies:
-        alone = run_jobs(1, t, policy, args.seconds, args.batch)[0]
+    print(f"{'setting':<24} {'case':<26} {'img/s per job':>16} {'of alone':>12} {'of default alone':>17}")
+    reference = None
+    for setting in args.envs:
+        alone = run_jobs(1, t, setting, args.seconds, args.batch)[0]
+        reference = reference or (alone if setting == "default" else None)
         cases = [(f"1 job, {t} threads", [alone]),
-                 (f"2 jobs, {t} threads each", run_jobs(2, t, policy, args.seconds, args.batch)),
-                 ("2 jobs, 1 thread each", run_jobs(2, 1, policy, args.seconds, args.batch))]
+                 (f"2 jobs, {t} threads each", run_jobs(2, t, setting, args.seconds, args.batch)),
+                 ("2 jobs, 1 thread each", run_jobs(2, 1, setting, args.seconds, args.batch))]
         for name, rates in cases:
-            print(f"{policy:<16} {name:<28} {' '.join(f'{r:7.1f}' for r in rates):>22} "
-                  f"{' '.join(f'{r / alone:6.0%}' for r in rates):>15}")
-
+            of_default = " ".join(f"{r / reference:5.0%}" for r in rates) if reference else ""
+            print(f"{setting:<24} {name:<26} {' '.join(f'{r:7.1f}' for r in rates):>16} "
+                  f"{' '.join(f'{r / alone:5.0%}' for r in rates):>12} {of_default:>17}", flush=True)
 
 if __name__ == "__main__":
     main()

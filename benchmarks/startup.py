@@ -1,0 +1,90 @@
+"""What a short stage job spends starting up: two checkouts side by side, in one run.
+
+    python benchmarks/startup.py [--before /path/to/other/checkout] [--repeats 3]
+
+Each sample is what Snakemake runs for one stage run: the launcher (`python -m
+harness.run.launch`) of Table 3's M=2 pre-training at scale tiny, one epoch (4 steps of 64
+images), on the local executor with the sqlite store, in a fresh results folder. It times, from
+the launcher's start: the end of the first epoch (the run's progress.json appears: start-up plus
+4 steps) and the launcher's end (the result written, tracking delivered, the job reaped). The
+checkouts alternate so that both see the same machine. Each checkout runs its own code
+(PYTHONPATH) with this interpreter. No threshold is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITE_JOB = """
+import json, sys
+from pathlib import Path
+try:
+    from harness.workflow.plan import Plan
+    from harness.workflow.jobs import job_args, write_job_files
+except ImportError:  # a checkout from before harness/workflow
+    from harness.plan.workflow import Plan
+    job_args = lambda plan, sig, stage: plan.job_args(sig, stage)
+    write_job_files = lambda plan: plan.write_job_files()
+plan = Plan("tiny", {"cpus_per_task": 2}, {"pretrain": {"epochs": 1}}, only=["table3"])
+sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain" and r.cells[0].setting == "square M=2")
+write_job_files(plan)
+print(json.dumps([plan.launch_args(sig, "pretrain"), job_args(plan, sig, "pretrain"), sig]))
+"""
+
+
+def sample(repo: Path) -> tuple[float, float]:
+    """(seconds to the first epoch's end, seconds to the launcher's end) of one fresh run."""
+    import shlex
+
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
+        launch, job, sig = json.loads(subprocess.run([sys.executable, "-c", WRITE_JOB], cwd=tmp, env=env, check=True,
+                                                     capture_output=True, text=True).stdout)
+        progress = Path(tmp) / "results" / "runs" / sig / "progress.json"
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "harness.run.launch", *shlex.split(launch), *shlex.split(job)],
+                                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first = None
+        while proc.poll() is None:
+            if first is None and progress.exists():
+                first = time.perf_counter() - start
+            time.sleep(0.01)
+        end = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{repo}: the launcher failed: {proc.stderr.read()[-2000:]}")
+        return first if first is not None else end, end
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, help="another checkout to compare with (e.g. a git worktree)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    repos = {"this checkout": ROOT, **({"before": args.before.resolve()} if args.before else {})}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in repos}
+    for _ in range(args.repeats):
+        for name, repo in repos.items():
+            times[name].append(sample(repo))
+    print(f"# tiny pre-training job (1 epoch of 4 steps), local executor, sqlite store; {os.cpu_count()} cores; "
+          f"median of {args.repeats} (min-max)")
+    print(f"{'checkout':<16} {'to the first epoch end (s)':>28} {'to the launcher end (s)':>26}")
+    for name, samples in times.items():
+        cols = []
+        for i in (0, 1):
+            values = [s[i] for s in samples]
+            cols.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+        print(f"{name:<16} {cols[0]:>28} {cols[1]:>26}")
+
+
+if __name__ == "__main__":
+    main()
