@@ -1,7 +1,14 @@
 """Shared fixtures: a results folder, a recording tracker, tiny configs, stage runs, Snakemake,
 an MLflow server or UI."""
 import os
-import re
+
+# Two pytest workers, and the jobs they start, share the CPU: an OpenMP thread that spins
+# 300,000 times at a barrier (GNU OpenMP's default) waits for a thread that is not scheduled.
+# Set before torch loads the OpenMP runtime; the jobs inherit it. It changes when threads
+# sleep, not what they compute (benchmarks/sharing.py, docs/findings.md).
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import re  # noqa: E402
 import shutil
 import socket
 import subprocess
