@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,15 +42,16 @@ FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIM
 class Carrier:
     """Delivers one spool's events to one store, in order, counting each batch once it is held."""
 
-    def __init__(self, spool: Spool, store: Store, system_metrics: bool = False):
-        self.spool, self.store = spool, store
+    def __init__(self, spool: Spool, store: Store, system_metrics: bool = False, stage_pid: int | None = None):
+        self.spool, self.store, self.stage_pid = spool, store, stage_pid
         self.client = None
         self.experiment: str | None = None
         self.run_id = spool.run.mlflow_run_id.read_text().strip() if spool.run.mlflow_run_id.exists() else None
         self.system_metrics, self.monitor = system_metrics, None
 
     def step(self) -> bool:
-        """Deliver every complete event not yet delivered; True once the run's end is."""
+        """Deliver every complete event not yet delivered; True once the end of the stage process
+        `stage_pid` is (the spool may begin with what an earlier attempt left, its end included)."""
         if self.client is None:
             self.client = self.store.client()
             self.experiment = self.store.experiment_id()
@@ -85,7 +87,7 @@ class Carrier:
             self.artifact(Path(event["path"]))
         elif kind == "close":
             self.close(event["status"])
-            return True
+            return event.get("pid") == self.stage_pid
         return False
 
     def open(self, event: dict[str, Any]) -> None:
@@ -172,7 +174,7 @@ def state_file(spool: Spool) -> Path:
 
 def forward(spool: Spool, store: Store, parent_pid: int) -> int:
     """Carry `spool` to `store` until the run's end is delivered or the stage's process is gone."""
-    carrier = Carrier(spool, store, system_metrics=True)
+    carrier = Carrier(spool, store, system_metrics=True, stage_pid=parent_pid)
     backoff, down_since = 1.0, None
     while True:
         stage_alive = os.getppid() == parent_pid
@@ -243,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for key, value in FAST_FAILURE.items():
         os.environ.setdefault(key, value)
+    # Slurm signals every process of a preempted or requeued job step: the forwarder goes on
+    # delivering while its stage checkpoints, and ends with its stage
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     spool = Spool(RunFolder(args.run), args.stage)
     with spool.lock() as _:
         return forward(spool, Store(args.uri, Results(args.results)), args.parent_pid)

@@ -183,7 +183,7 @@ class StageTracker:
             self.forwarder = Forwarder.start(self.store, self.run, self.spool.stage)
         params = {k: str(v)[:6000] for k, v in flatten(self.params).items()}
         self.spool.append("open", tags=self.tags, params=params, parent=str(self.parent.path) if self.parent else None,
-                          ts=now_ms())
+                          ts=now_ms(), pid=os.getpid())
         return self
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -202,7 +202,7 @@ class StageTracker:
             status = "KILLED"  # preemption / requeue: the run continues on restart
         else:
             status = "FAILED" if exc_type is not None else "FINISHED"
-        self.spool.append("close", status=status)
+        self.spool.append("close", status=status, pid=os.getpid())  # the forwarder of this process ends with it
         self.forwarder.finish(self.drain_s)
 
 

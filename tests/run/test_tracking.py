@@ -107,3 +107,27 @@ def test_the_sqlite_store_follows_the_umask(tmp_path):
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
     assert (tmp_path / "mlflow.db").stat().st_mode & 0o777 == 0o664
+
+
+def test_a_requeued_stage_forwards_both_attempts_and_ends_finished(tmp_path):
+    """A preempted attempt's end (KILLED) may still wait in the spool when the requeued attempt
+    starts: the new forwarder delivers it, goes on, and ends only with its own stage's end."""
+    from harness.run.forwarder import Carrier
+    from harness.run.spool import Spool
+
+    results = Results(tmp_path)
+    run = results.run("sig")
+    spool, store = Spool(run, "pretrain"), Store.of(results)
+    spool.append("open", tags={"signature": "sig"}, params={"a": "1"}, parent=None, ts=1, pid=100)
+    spool.append("metrics", step=0, ts=2, values={"pretrain/loss": 1.0})
+    spool.append("close", status="KILLED", pid=100)
+    carrier = Carrier(spool, store, stage_pid=200)
+    assert carrier.step() is False  # the earlier attempt's end is not this forwarder's
+    spool.append("open", tags={"signature": "sig"}, params={"a": "1"}, parent=None, ts=3, pid=200)
+    spool.append("metrics", step=1, ts=4, values={"pretrain/loss": 0.5})
+    spool.append("close", status="FINISHED", pid=200)
+    assert carrier.step() is True and spool.waiting() == 0
+    client = store.client()
+    run_id = run.mlflow_run_id.read_text().strip()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "pretrain/loss")] == [0, 1]
