@@ -167,11 +167,6 @@ class Carrier:
             monitor.mlflow_logger.flush()
 
 
-def state_file(spool: Spool) -> Path:
-    """Whether the forwarder finds the store: {"down_since": <time> or null}."""
-    return spool.run.tracking / f"{spool.stage}.state"
-
-
 def forward(spool: Spool, store: Store, parent_pid: int) -> int:
     """Carry `spool` to `store` until the run's end is delivered or the stage's process is gone."""
     carrier = Carrier(spool, store, system_metrics=True, stage_pid=parent_pid)
@@ -184,7 +179,7 @@ def forward(spool: Spool, store: Store, parent_pid: int) -> int:
             carrier.client = None  # open the store anew next time
             if down_since is None:
                 down_since = time.time()
-                write_text_atomic(state_file(spool), json.dumps({"down_since": down_since}))
+                write_text_atomic(spool.state_file, json.dumps({"down_since": down_since}))
                 print(f"[harness] tracking store {store.uri} does not answer ({str(err).splitlines()[0][:200]}): "
                       f"the stage trains on; what it logs waits in {spool.events} and is delivered when the store "
                       f"answers", flush=True)
@@ -197,7 +192,7 @@ def forward(spool: Spool, store: Store, parent_pid: int) -> int:
             print(f"[harness] tracking store answers again after {time.time() - down_since:.0f} s: "
                   f"the spooled events are delivered", flush=True)
             down_since, backoff = None, 1.0
-            write_text_atomic(state_file(spool), json.dumps({"down_since": None}))
+            write_text_atomic(spool.state_file, json.dumps({"down_since": None}))
         if closed or not stage_alive:
             return 0
         time.sleep(POLL_S)

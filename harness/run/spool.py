@@ -4,6 +4,7 @@ tracking store holds.
     runs/<signature>/tracking/<stage>.jsonl   one event a line, in the order the stage logged them
     runs/<signature>/tracking/<stage>.sent    how many of those lines the store holds
     runs/<signature>/tracking/<stage>.lock    held by whichever process carries them to the store
+    runs/<signature>/tracking/<stage>.state   whether that process finds the store
 
 The stage writes events and never waits for the store (harness.run.tracking.StageTracker); a
 forwarder carries them (harness.run.forwarder). An event is delivered, then counted in `.sent`:
@@ -41,6 +42,11 @@ class Spool:
     @property
     def lock_file(self) -> Path:
         return self.run.tracking / f"{self.stage}.lock"
+
+    @property
+    def state_file(self) -> Path:
+        """Whether the forwarder finds the store: {"down_since": <time> or null}."""
+        return self.run.tracking / f"{self.stage}.state"
 
     def append(self, kind: str, **fields: Any) -> None:
         """One event, written whole: a reader never sees half of it as an event."""

@@ -26,6 +26,7 @@ from typing import Any, Callable, TypeVar
 from harness.core import metrics as names
 from harness.core.errors import StageStopped
 from harness.core.layout import Results, RunFolder
+from harness.run.spool import Spool
 
 EXPERIMENT = "randsac-harness"
 ARTIFACTS_SCHEME = "mlflow-artifacts:/"
@@ -166,8 +167,6 @@ class StageTracker:
     def __init__(self, store: Store, run: RunFolder, tags: dict[str, str], params: dict[str, Any],
                  prefix: str | None = None, parent: RunFolder | None = None, forwarder: "Forwarder | None" = None,
                  drain_s: float = 300.0):
-        from harness.run.spool import Spool
-
         self.store, self.run = store, run
         self.tags, self.params, self.prefix, self.parent = tags, params, prefix, parent
         self.spool = Spool(run, prefix or "stage")
@@ -213,8 +212,8 @@ def now_ms() -> int:
 class Forwarder:
     """The process that carries a stage's spool to the store (harness.run.forwarder)."""
 
-    def __init__(self, proc: subprocess.Popen, spool_events: Path, state: Path):
-        self.proc, self.events, self.state = proc, spool_events, state
+    def __init__(self, proc: subprocess.Popen, spool: Spool):
+        self.proc, self.spool = proc, spool
 
     @classmethod
     def start(cls, store: Store, run: RunFolder, stage: str) -> "Forwarder":
@@ -226,11 +225,11 @@ class Forwarder:
         cmd = [sys.executable, "-P", "-m", "harness.run.forwarder", "--run", str(run.path), "--stage", stage,
                "--uri", store.uri, "--results", str(store.results.root), "--parent-pid", str(os.getpid())]
         run.tracking.mkdir(parents=True, exist_ok=True)
-        return cls(subprocess.Popen(cmd, env=env), run.tracking / f"{stage}.jsonl", run.tracking / f"{stage}.state")
+        return cls(subprocess.Popen(cmd, env=env), Spool(run, stage))
 
     def store_down(self) -> bool:
         try:
-            return json.loads(self.state.read_text()).get("down_since") is not None
+            return json.loads(self.spool.state_file.read_text()).get("down_since") is not None
         except (FileNotFoundError, ValueError):
             return False
 
@@ -249,12 +248,9 @@ class Forwarder:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        from harness.run.spool import Spool
-
-        run = RunFolder(self.events.parent.parent)
-        waiting = Spool(run, self.events.stem).waiting()
+        waiting = self.spool.waiting()
         if waiting:
-            print(f"[harness] tracking: {waiting} events of this stage wait in {self.events}; the next workflow "
+            print(f"[harness] tracking: {waiting} events of this stage wait in {self.spool.events}; the next workflow "
                   f"or `python -m harness.status --replay` delivers them", flush=True)
 
 
