@@ -45,7 +45,6 @@ class Carrier:
     def __init__(self, spool: Spool, store: Store, system_metrics: bool = False, stage_pid: int | None = None):
         self.spool, self.store, self.stage_pid = spool, store, stage_pid
         self.client = None
-        self.experiment: str | None = None
         self.run_id = spool.run.mlflow_run_id.read_text().strip() if spool.run.mlflow_run_id.exists() else None
         self.system_metrics, self.monitor = system_metrics, None
 
@@ -54,7 +53,6 @@ class Carrier:
         `stage_pid` is (the spool may begin with what an earlier attempt left, its end included)."""
         if self.client is None:
             self.client = self.store.client()
-            self.experiment = self.store.experiment_id()
         done = self.spool.sent()
         events = self.spool.read(done)
         closed = False
@@ -100,7 +98,8 @@ class Carrier:
             parent = RunFolder(Path(event["parent"])) if event.get("parent") else None
             if parent is not None and parent.mlflow_run_id.exists():  # nested under the pre-training run it reads
                 tags["mlflow.parentRunId"] = parent.mlflow_run_id.read_text().strip()
-            run = retry(lambda: client.create_run(self.experiment, tags=tags, run_name=tags.get("mlflow.runName"),
+            experiment = self.store.experiment_id(client)  # the store and the experiment, made once
+            run = retry(lambda: client.create_run(experiment, tags=tags, run_name=tags.get("mlflow.runName"),
                                                   start_time=event.get("ts")))
             self.run_id = run.info.run_id
             write_text_atomic(self.spool.run.mlflow_run_id, self.run_id)

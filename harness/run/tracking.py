@@ -101,10 +101,11 @@ class Store:
                     os.chmod(db, wanted)
             return client
 
-    def experiment_id(self) -> str:
-        """Create the store and the experiment once; its id. The local store's experiment keeps
-        its artifacts at a location relative to the artifacts folder, not an absolute path."""
-        c = self.client()
+    def experiment_id(self, client=None) -> str:
+        """Create the store and the experiment once; its id (asked with `client`, or a new one).
+        The local store's experiment keeps its artifacts at a location relative to the artifacts
+        folder, not an absolute path."""
+        c = client or self.client()
         with self.creation_lock():
             exp = retry(lambda: c.get_experiment_by_name(EXPERIMENT))
             if exp is not None:
