@@ -243,3 +243,103 @@ def start_mlflow():
     for proc in started:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def postgres_problem() -> str | None:
+    """Why no PostgreSQL can back the tracking-server tests here, or None: they use the database
+    RANDSAC_TEST_DATABASE names (its role may create databases), whose password libpq reads
+    from PGPASSFILE (cluster/postgres.sh makes both; .ci/run sets them)."""
+    url = os.environ.get("RANDSAC_TEST_DATABASE")
+    if not url:
+        return ("no PostgreSQL for the tracking-server tests: bash cluster/postgres.sh /tmp/randsac-pg/pgpass, then "
+                "export PGPASSFILE=/tmp/randsac-pg/pgpass RANDSAC_TEST_DATABASE=<the URL it prints>")
+    from harness.serve import ServerError, database_answers
+
+    try:
+        database_answers(url, timeout_s=5)
+    except ServerError as err:
+        return str(err)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The tests' PostgreSQL URL: skipped with the reason when none answers, a failure under CI."""
+    problem = postgres_problem()
+    if problem and os.environ.get("CI"):
+        pytest.fail(f"CI needs PostgreSQL: {problem}")
+    if problem:
+        pytest.skip(problem)
+    return os.environ["RANDSAC_TEST_DATABASE"]
+
+
+@pytest.fixture
+def database(postgres):
+    """A fresh PostgreSQL database for one test (its URL), dropped after it."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield postgres.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def reachable_address() -> str:
+    """An address of this machine other than loopback (what compute nodes would reach), else 127.0.0.1."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return next((a for a in out if "." in a), "127.0.0.1")
+
+
+class TrackingServer:
+    """`python -m harness.serve` with basic auth, on PostgreSQL, bound to a reachable address."""
+
+    def __init__(self, root: Path, database: str, host: str):
+        self.root, self.database, self.host, self.port = root, database, host, free_port()
+        self.user, self.password = "admin", "pw-" + os.urandom(12).hex()
+        self.password_file = root / "admin-password"
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, self.password.encode())
+        os.close(fd)
+        self.url, self.proc = f"http://{host}:{self.port}", None
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.serve", "--host", self.host, "--port", str(self.port), "--workers", "1",
+             "--database", self.database, "--admin-password-file", str(self.password_file),
+             "--artifacts", str(self.root / "artifacts"), "--state", str(self.root / "state")],
+            cwd=self.root, stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
+            start_new_session=True)
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return self.url
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError((self.root / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=60)
+
+    def credentials(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_USERNAME": self.user, "MLFLOW_TRACKING_PASSWORD": self.password}
+
+
+@pytest.fixture
+def tracking_server(tmp_path, database):
+    """A started TrackingServer on a fresh database; stopped when the test ends."""
+    root = tmp_path / "server"
+    root.mkdir()
+    server = TrackingServer(root, database, reachable_address())
+    server.start()
+    yield server
+    server.stop()

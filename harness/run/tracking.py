@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from harness.core import metrics as names
 from harness.core.errors import StageStopped
@@ -130,6 +132,23 @@ class Store:
             return None if err.code in (401, 403) else f"HTTP {err.code}"
         except (urllib.error.URLError, OSError) as err:
             return str(getattr(err, "reason", err))
+
+    def has_password(self) -> bool:
+        return urlsplit(self.uri).password is not None
+
+    def refusal(self, err: Exception) -> str | None:
+        """What an error of the store says about this user's credentials (an MLflow server with
+        its basic-auth app: 401 for no or a wrong password, 403 for no permission), or None."""
+        text, user = str(err), os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if re.search(r"\b401\b|UNAUTHENTICATED|not authenticated", text):
+            return (f"tracking store {self.uri} refuses the password of user {user} (401): check "
+                    f"MLFLOW_TRACKING_PASSWORD" if user else
+                    f"tracking store {self.uri} asks for credentials (401): set MLFLOW_TRACKING_USERNAME and "
+                    f"MLFLOW_TRACKING_PASSWORD where the workflow starts (jobs inherit them)")
+        if re.search(r"\b403\b|PERMISSION_DENIED|[Pp]ermission denied", text):
+            return (f"tracking store {self.uri}: user {user} may not write to experiment {EXPERIMENT} (403); its "
+                    f"admin can grant EDIT on it")
+        return None
 
     def artifact_dir(self, artifact_uri: str) -> Path | None:
         """Where the local store keeps a run's artifacts (`artifact_uri` of the run), or None

@@ -46,6 +46,10 @@ class Plan:
         self.asked_at = time.time()  # this invocation: a preflight measures anew every time it is asked
         self.results, self.studies_dir = results, Path(studies_dir)
         self.store = Store.of(results, tracking_uri)  # one value, handed to every job
+        if self.store.has_password():
+            raise ConfigError("the tracking URI carries a password, which every job's files would hold: give it "
+                              "without, and the credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                              "(jobs inherit the environment)")
         names = available_studies(self.studies_dir)
         check_table_numbers(self.studies_dir)
         self.studies: list[Study] = [load_study(n, self.studies_dir) for n in names if not only or n in only]

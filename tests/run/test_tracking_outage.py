@@ -1,5 +1,6 @@
 """Training never dies of tracking: a real `mlflow server` stopped in the middle of a stage and
-started again, and one that is down for the whole stage and replayed afterwards."""
+started again, and one that is down for the whole stage and replayed afterwards; each on sqlite
+and on the lab's server (PostgreSQL behind basic auth)."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import free_port
+from conftest import TrackingServer, free_port, reachable_address
 
 from harness.core.layout import Results
 from harness.run.spool import Spool
@@ -66,10 +67,18 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request, tmp_path, monkeypatch):
+    """Not started: the project's two server stores, a plain `mlflow server` on sqlite and
+    `harness.serve` (PostgreSQL, basic auth, bound to a reachable address) with the
+    credentials in the environment, as the jobs get them."""
     (tmp_path / "server").mkdir()
-    s = Server(tmp_path / "server")
+    if request.param == "sqlite":
+        s = Server(tmp_path / "server")
+    else:
+        s = TrackingServer(tmp_path / "server", request.getfixturevalue("database"), reachable_address())
+        for key, value in s.credentials().items():
+            monkeypatch.setenv(key, value)
     yield s
     if s.proc is not None and s.proc.poll() is None:
         s.stop()
