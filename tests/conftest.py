@@ -343,3 +343,52 @@ def tracking_server(tmp_path, database):
     server.start()
     yield server
     server.stop()
+
+
+def files_holding(root: Path, secret: str) -> list[str]:
+    """Every file under `root` (pickles, logs, configs, databases) whose bytes hold `secret`."""
+    needle = secret.encode()
+    return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
+
+
+def rows_holding(database: str, secret: str) -> list[str]:
+    """Every table of a PostgreSQL database with a row whose text holds `secret`."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database)
+    found = []
+    with engine.connect() as c:
+        tables = c.execute(sqlalchemy.text("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_schema = 'public'")).scalars().all()
+        for table in tables:
+            rows = c.execute(sqlalchemy.text(f'SELECT CAST(t AS text) FROM "{table}" t')).scalars().all()
+            found += [table for row in rows if secret in row][:1]
+    engine.dispose()
+    assert tables, "no table: not the tracking server's database"
+    return found
+
+
+def check_table3_on_server(workdir: Path, server: TrackingServer, out: subprocess.CompletedProcess) -> None:
+    """Table 3 at tiny, logged to `server` by a workflow in `workdir` (Snakemake's `out`): every
+    run there, artifacts proxied, system metrics sampled, and the password written nowhere."""
+    import mlflow
+
+    results = workdir / "results"
+    assert not (results / "mlflow.db").exists()  # nothing went to the local sqlite store
+    assert "square M=2" in (results / "tables" / "table3.md").read_text()
+    client = mlflow.MlflowClient(server.url)
+    runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
+    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}
+    pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain")
+    assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:/")  # the server keeps them, proxied
+    assert "reconstruction.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id)}
+    assert list((server.root / "artifacts").rglob("reconstruction.png"))
+    assert any(k.startswith("system/") for k in pretrain.data.metrics)  # sampled beside the stage
+
+    # the password reached the jobs through their environment and was written nowhere
+    secret, run_id = server.password, pretrain.info.run_id
+    assert files_holding(results, run_id) and "runs" in rows_holding(server.database, run_id)  # they do find
+    assert files_holding(results, secret) == []  # job.json, config.yaml, submitit pickles and logs
+    assert files_holding(workdir / ".snakemake", secret) == []
+    assert rows_holding(server.database, secret) == []  # params, tags, the users' table (hashed)
+    assert secret not in out.stdout + out.stderr

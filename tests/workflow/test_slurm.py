@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import check_table3_on_server
 
 from harness.core.layout import Results
 from harness.run.tracking import Store
@@ -41,6 +42,20 @@ def test_slurm_profile_runs_table3_at_tiny_scale(tmp_path, monkeypatch, snakemak
         acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_ids[0], "-o", "State,Partition,AllocTRES"],
                               capture_output=True, text=True).stdout
         assert acct.startswith("COMPLETED|gpu|") and "gres/gpu=1" in acct and "cpu=1" in acct
+
+
+def test_slurm_profile_logs_table3_to_the_lab_tracking_server(tmp_path, monkeypatch, tracking_server, snakemake):
+    """The jobs on the nodes reach the server at its reachable address, with the credentials of
+    the workflow's environment (sbatch exports it), which no file of the run keeps."""
+    for key, value in tracking_server.credentials().items():
+        monkeypatch.setenv(key, value)
+    out = snakemake(tmp_path, "table3", "--config", "scale=tiny", SMALL, f"tracking_uri={tracking_server.url}",
+                    profile="slurm")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    check_table3_on_server(tmp_path, tracking_server, out)
+    job = next((tmp_path / "results" / "runs").glob("*/submitit/*/*_submitted.pkl")).name.split("_")[0]
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State,Partition"], capture_output=True, text=True)
+    assert acct.stdout.startswith("COMPLETED|gpu")  # a Slurm job on the profile's partition, not a local one
 
 
 def test_a_request_no_node_offers_is_refused_before_submission(tmp_path, snakemake):
