@@ -50,6 +50,7 @@ class Server:
     admin_user: str = "admin"
     default_permission: str = "EDIT"
     workers: int = 4
+    auth_cache_s: int = 60
 
     @property
     def url(self) -> str:
@@ -109,7 +110,8 @@ class Server:
             return
         ini = (f"[mlflow]\ndefault_permission = {self.default_permission}\ndatabase_uri = {self.database}\n"
                f"admin_username = {self.admin_user}\n"
-               f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+               f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+               f"auth_cache_ttl_seconds = {self.auth_cache_s}\n")
         write_private(self.state / "basic_auth.ini", ini)
 
     def secret_key(self) -> str:
@@ -192,11 +194,14 @@ def parse(argv: list[str] | None) -> tuple[Server, bool]:
                     help=f"what every user may do with experiments they did not create ({', '.join(PERMISSIONS)}); "
                          "EDIT lets a lab's members log to one experiment")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--auth-cache-s", type=int, default=60,
+                    help="how long a worker trusts a checked password (0: check every request, a PBKDF2 hash "
+                         "each time; docs/findings.md); a changed password reaches every worker within it")
     ap.add_argument("--check", action="store_true", help="check everything, print the command, start nothing")
     args = ap.parse_args(argv)
     return Server(args.host, args.port, args.database, args.artifacts, args.state,
                   None if args.no_auth else args.admin_password_file.expanduser(), args.admin_user,
-                  args.default_permission, args.workers), args.check
+                  args.default_permission, args.workers, args.auth_cache_s), args.check
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,3 +33,15 @@ def test_throughput_measures_every_path_and_projects_the_tables():
     projected = [line.split() for line in out.stdout.splitlines() if line.startswith("table")]
     assert [p[0] for p in projected[1:]] == [f"table{i}" for i in range(1, 11)]  # header, then every table
     assert all(float(p[2]) > 0 for p in projected[1:])
+
+
+def test_tracking_load_counts_every_write_of_every_job():
+    out = subprocess.run([sys.executable, "benchmarks/tracking_load.py", "--n", "3", "--stores", "sqlite",
+                          "--seconds", "2", "--epoch-s", "0.5", "--system-s", "1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["n"] == 3 and row["jobs_missing"] == 0 and row["runs_lost"] == 0 and row["runs_duplicated"] == 0
+    assert row["calls"] >= 3 * (1 + 4 + 2 + 2) and row["p50_ms"] > 0  # open, 4 epochs, 2 samples, artifact, end
