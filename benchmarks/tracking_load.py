@@ -196,9 +196,6 @@ def measure(store: str, n: int, args) -> dict:
     server = None
     if store == "sqlite":
         uri = f"sqlite:///{(results / 'mlflow.db').resolve()}"
-        from harness.core.layout import Results
-        from harness.run.tracking import Store
-
         store_pids: list[int] = []
     else:
         server = LabServer(os.environ["RANDSAC_TEST_DATABASE"], workdir, int(store.partition(":")[2] or 60))

@@ -40,6 +40,7 @@ if [ ! -s "$PASSFILE" ]; then
     log "wrote $PASSFILE"
 fi
 chmod 600 "$PASSFILE"
+if [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER": "$PASSFILE"; fi  # sudo ... ~/.pgpass: the user's file
 PASSWORD=$(awk -F: -v r="$ROLE" '$4 == r {print $5; exit}' "$PASSFILE")
 [ -n "$PASSWORD" ] || die "$PASSFILE has no line for role $ROLE"
 

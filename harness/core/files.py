@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -44,6 +45,41 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+USER_UMASK = "RANDSAC_USER_UMASK"  # the umask the user started the workflow with, for what the group shares
+
+
+def run_folder_umask(mask: int) -> int:
+    """The umask of what writes a run folder: its files readable by the user's group, writable by
+    the user alone (by others, readable as `mask` says), whatever the user's umask (002 on a
+    shared results/ would let the group overwrite a run's checkpoint or result)."""
+    return (mask | 0o022) & ~0o050
+
+
+def keep_run_folders_private() -> None:
+    """Narrow this process's umask to `run_folder_umask`; its jobs inherit it (Slurm's too: sbatch
+    passes the submitter's umask on). The user's own is kept in the environment for the files
+    the group shares (`shared_files`)."""
+    os.environ.setdefault(USER_UMASK, f"{umask():03o}")
+    os.umask(run_folder_umask(user_umask()))
+
+
+def user_umask() -> int:
+    """The user's own umask: the one the workflow started with, else this process's."""
+    value = os.environ.get(USER_UMASK)
+    return int(value, 8) if value else umask()
+
+
+@contextmanager
+def shared_files():
+    """Make files with the user's own umask: what a group logs into together (the sqlite store,
+    its artifacts folder) is as writable as the user's umask says."""
+    old = os.umask(user_umask())
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

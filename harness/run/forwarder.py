@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.core.files import write_text_atomic
+from harness.core.files import shared_files, write_text_atomic
 from harness.core.layout import Results, RunFolder
 from harness.run.spool import Spool, spools
 from harness.run.tracking import Store, retry
@@ -127,8 +127,9 @@ class Carrier:
         if local is None:
             retry(lambda: self.client.log_artifact(self.run_id, str(path)))
             return
-        local.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, local / path.name)
+        with shared_files():  # results/mlartifacts/ is the group's, as results/mlflow.db
+            local.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, local / path.name)
 
     def close(self, status: str) -> None:
         self.stop_monitor()

@@ -28,8 +28,9 @@ from harness.run import pending, slurm, snapshot
 from harness.run.executor import ExecutorConfig, make_executor
 from harness.run.watcher import UNLISTED, Watcher
 from harness.core.config import RunConfig
-from harness.core.stages import STAGES
+from harness.core.files import keep_run_folders_private, run_folder_umask, user_umask
 from harness.core.layout import Results, RunFolder
+from harness.core.stages import STAGES
 from harness.science import methods
 
 
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a JSON file with the job's config, executor, tracking_uri and tags (the plan writes one "
                          "per run under results/.launch/, which keeps Snakemake's command line short)")
     args = ap.parse_args(argv)
+    keep_run_folders_private()  # this launcher, its job and the job's forwarder
     given = json.loads(args.job.read_text())
     cfg = methods.validate(given["config"])
     executor = ExecutorConfig.model_validate(given.get("executor", {}))
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[harness] {args.stage}: the config given has signature {run.signature}, not {args.signature}",
               file=sys.stderr)
         return 2
+    if run.path.exists() and run.path.stat().st_uid == os.getuid():  # Snakemake made it, with the user's umask
+        os.chmod(run.path, 0o777 & ~run_folder_umask(user_umask()))
     done = run.result(args.stage)
     if done.exists():  # finished meanwhile (e.g. by a job that outlived an earlier launcher)
         print(f"[harness] {args.stage} {run.signature} already done: {json.loads(done.read_text())['metrics']}")

@@ -96,9 +96,9 @@ class Store:
             client = mlflow.MlflowClient(self.uri)
             db = self.results.mlflow_db
             if self.local and self.uri == f"sqlite:///{db.resolve()}" and db.exists():
-                from harness.core.files import umask
+                from harness.core.files import user_umask
 
-                wanted = 0o666 & ~umask()
+                wanted = 0o666 & ~user_umask()  # a job's own umask keeps run folders private
                 if db.stat().st_mode & 0o777 != wanted and db.stat().st_uid == os.getuid():
                     os.chmod(db, wanted)
             return client
