@@ -368,17 +368,21 @@ def rows_holding(database: str, secret: str) -> list[str]:
     return found
 
 
-def check_table3_on_server(workdir: Path, server: TrackingServer, out: subprocess.CompletedProcess) -> None:
-    """Table 3 at tiny, logged to `server` by a workflow in `workdir` (Snakemake's `out`): every
-    run there, artifacts proxied, system metrics sampled, and the password written nowhere."""
+def check_logged_to_server(workdir: Path, server: TrackingServer, out: subprocess.CompletedProcess,
+                           runs: int = 11) -> None:
+    """Table 3 at tiny (or `runs` of its stage runs), logged to `server` by a workflow in
+    `workdir` (Snakemake's `out`): every run there, artifacts proxied, system metrics sampled,
+    and the password written nowhere."""
     import mlflow
 
     results = workdir / "results"
     assert not (results / "mlflow.db").exists()  # nothing went to the local sqlite store
-    assert "square M=2" in (results / "tables" / "table3.md").read_text()
+    if runs == 11:
+        assert "square M=2" in (results / "tables" / "table3.md").read_text()
     client = mlflow.MlflowClient(server.url)
-    runs = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
-    assert len(runs) == 11 and {r.info.status for r in runs} == {"FINISHED"}
+    found = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
+    assert len(found) == runs and {r.info.status for r in found} == {"FINISHED"}
+    runs = found
     pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain")
     assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:/")  # the server keeps them, proxied
     assert "reconstruction.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id)}

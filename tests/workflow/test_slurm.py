@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import check_table3_on_server
+from conftest import check_logged_to_server
 
 from harness.core.layout import Results
 from harness.run.tracking import Store
@@ -52,7 +52,7 @@ def test_slurm_profile_logs_table3_to_the_lab_tracking_server(tmp_path, monkeypa
     out = snakemake(tmp_path, "table3", "--config", "scale=tiny", SMALL, f"tracking_uri={tracking_server.url}",
                     profile="slurm")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    check_table3_on_server(tmp_path, tracking_server, out)
+    check_logged_to_server(tmp_path, tracking_server, out)
     job = next((tmp_path / "results" / "runs").glob("*/submitit/*/*_submitted.pkl")).name.split("_")[0]
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State,Partition"], capture_output=True, text=True)
     assert acct.stdout.startswith("COMPLETED|gpu")  # a Slurm job on the profile's partition, not a local one
