@@ -1,16 +1,24 @@
 """The launch entry point a Snakemake job runs."""
 
 
-def test_launch_refuses_a_config_without_the_signature_asked_for(tmp_path, tiny_cfg):
+def test_launch_refuses_a_config_without_the_signature_asked_for(tmp_path, tiny_cfg, monkeypatch):
+    import json
+    import os
+
     from harness.run.launch import main
 
-    import json
+    monkeypatch.setenv("RANDSAC_USER_UMASK", "022")  # main narrows this process's umask for its jobs: undone after
+    mask = os.umask(0o022)
+    os.umask(mask)
 
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"config": tiny_cfg().model_dump(mode="json"), "executor": {},
                                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "tags": {}}))
-    code = main(["--stage", "pretrain", "--results", str(tmp_path / "results"), "--signature", "000000000000",
-                 "--job", str(job)])
+    try:
+        code = main(["--stage", "pretrain", "--results", str(tmp_path / "results"), "--signature", "000000000000",
+                     "--job", str(job)])
+    finally:
+        os.umask(mask)
     assert code == 2 and not (tmp_path / "results" / "runs").exists()
 
 
