@@ -21,8 +21,8 @@ its first event); the latency of a delivery (one spool step: one store
 call, or a few for the run's open and end), p50 and p99 over every call of every process; the
 deliveries that failed (an exception: retried by the process, as the forwarder retries) and
 the runs whose store holds fewer metric values than were logged (lost) or more (duplicated);
-the CPU seconds of the store's own processes (the server and PostgreSQL; sqlite has none: its
-writers pay) and of the N writers. No threshold is asserted.
+the CPU seconds, from the start of logging, of the store's own processes (the server and
+PostgreSQL; sqlite has none: its writers pay) and of the N writers. No threshold is asserted.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ SYSTEM_KEYS = tuple(f"system/{k}" for k in ("cpu_utilization_percentage", "syste
 
 
 def job(index: int, root: str, uri: str, seconds: float, epoch_s: float, system_s: float, out: str,
-        start_at: float) -> None:
+        start) -> None:
     """One stage run's tracking: its events appended to a spool and delivered at once, each
     delivery timed; a failed one is retried after a second, as the forwarder would."""
     from harness.core.layout import Results
@@ -80,7 +80,8 @@ def job(index: int, root: str, uri: str, seconds: float, epoch_s: float, system_
     t = time.perf_counter()
     carrier.client = carrier.store.client()  # opened once per forwarder, before its stage's first event
     connect_s = time.perf_counter() - t
-    time.sleep(max(0.0, start_at - time.time()))
+    start.wait(timeout=1800)  # every writer connected: they begin together
+    cpu0 = sum(os.times()[:2])
     tags = {"stage": "pretrain", "signature": f"load{index:04d}", "mlflow.runName": f"load {index}",
             "table": "load", "cell": f"cell {index % 11}", "seed": "0", "scale": "paper", "load": "1"}
     params = {f"section{i // 10}.param{i}": str(i * 0.1) for i in range(40)}
@@ -107,7 +108,7 @@ def job(index: int, root: str, uri: str, seconds: float, epoch_s: float, system_
     spool.append("close", status="FINISHED", pid=os.getpid())
     deliver()
     Path(out).write_text(json.dumps({"run_id": carrier.run_id, "latencies": latencies, "failures": failures,
-                                     "logged": logged, "cpu_s": sum(os.times()[:2]),
+                                     "logged": logged, "cpu_s": sum(os.times()[:2]) - cpu0,
                                      "connect_s": connect_s}))
 
 
@@ -207,16 +208,17 @@ def measure(store: str, n: int, args) -> dict:
                     "from pathlib import Path; from harness.run.tracking import Store; "
                     "Store(sys.argv[1], Results(Path(sys.argv[2]))).experiment_id()",
                     uri, str(results)], cwd=ROOT, check=True)
-    cpu_before = process_cpu_s(store_pids)
     ctx = mp.get_context("fork")  # the writers share the parent's imports: N processes fit in memory
-    start_at = time.time() + 5.0 + 0.05 * n  # every writer forked and connected first
+    start = ctx.Barrier(n + 1)
     procs = [ctx.Process(target=job, args=(i, str(results), uri, args.seconds, args.epoch_s, args.system_s,
-                                            str(workdir / f"job{i}.json"), start_at)) for i in range(n)]
+                                            str(workdir / f"job{i}.json"), start)) for i in range(n)]
     for p in procs:
         p.start()
+    start.wait(timeout=1800)
+    began, cpu_before = time.time(), process_cpu_s(store_pids)
     for p in procs:
         p.join()
-    wall = time.time() - start_at
+    wall = time.time() - began
     store_cpu = process_cpu_s(store_pids) - cpu_before
     outs = [json.loads((workdir / f"job{i}.json").read_text()) for i in range(n) if (workdir / f"job{i}.json").exists()]
 
