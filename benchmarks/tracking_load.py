@@ -145,6 +145,8 @@ class LabServer:
     def __init__(self, base_url: str, workdir: Path, auth_cache_s: int):
         import sqlalchemy
 
+        from harness.serve import write_private
+
         self.name = f"load_{os.getpid()}_{int(time.time())}"
         self.admin = sqlalchemy.create_engine(base_url, isolation_level="AUTOCOMMIT")
         with self.admin.connect() as c:
@@ -152,9 +154,7 @@ class LabServer:
         self.database = base_url.rsplit("/", 1)[0] + "/" + self.name
         self.password = "load-" + os.urandom(12).hex()
         pw = workdir / "admin"
-        fd = os.open(pw, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, self.password.encode())
-        os.close(fd)
+        write_private(pw, self.password)
         import socket
 
         with socket.socket() as s:

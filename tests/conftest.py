@@ -27,6 +27,7 @@ from harness.stages.checkpoint import Checkpoint
 from harness.stages.context import StageContext
 from harness.stages.distributed import SINGLE
 from harness.plan.studies import expand, load_study
+from harness.serve import write_private
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -215,6 +216,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_health(url: str, proc: subprocess.Popen, why, timeout_s: float = 120) -> str:
+    """`url` once an MLflow server there answers /health; fails with `why()` (its log) when the
+    server process ends first or `timeout_s` passes."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return url
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, why()
+            time.sleep(0.5)
+
+
 @pytest.fixture
 def start_mlflow():
     """Start `mlflow server` or `mlflow ui` (command) on 127.0.0.1 on a sqlite store and an
@@ -230,14 +244,7 @@ def start_mlflow():
                                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                                 cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(proc)
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                return url
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-                time.sleep(0.5)
+        return wait_for_health(f"http://127.0.0.1:{port}", proc, lambda: proc.stderr.read().decode()[-2000:])
 
     yield start
     for proc in started:
@@ -303,9 +310,7 @@ class TrackingServer:
         self.root, self.database, self.host, self.port = root, database, host, free_port()
         self.user, self.password = "admin", "pw-" + os.urandom(12).hex()
         self.password_file = root / "admin-password"
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, self.password.encode())
-        os.close(fd)
+        write_private(self.password_file, self.password)
         self.url, self.proc = f"http://{host}:{self.port}", None
 
     def start(self) -> str:
@@ -315,15 +320,7 @@ class TrackingServer:
              "--artifacts", str(self.root / "artifacts"), "--state", str(self.root / "state")],
             cwd=self.root, stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
             start_new_session=True)
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return self.url
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError((self.root / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
+        return wait_for_health(self.url, self.proc, lambda: (self.root / "server.log").read_text()[-3000:])
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -382,8 +379,7 @@ def check_logged_to_server(workdir: Path, server: TrackingServer, out: subproces
     client = mlflow.MlflowClient(server.url)
     found = client.search_runs([client.get_experiment_by_name("randsac-harness").experiment_id])
     assert len(found) == runs and {r.info.status for r in found} == {"FINISHED"}
-    runs = found
-    pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain")
+    pretrain = next(r for r in found if r.data.tags["stage"] == "pretrain")
     assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:/")  # the server keeps them, proxied
     assert "reconstruction.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id)}
     assert list((server.root / "artifacts").rglob("reconstruction.png"))

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TrackingServer, free_port, reachable_address
+from conftest import TrackingServer, free_port, reachable_address, wait_for_health
 
 from harness.core.layout import Results
 from harness.run.spool import Spool
@@ -53,14 +52,7 @@ class Server:
                                       str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
                                       "--workers", "1"], cwd=self.root, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.time() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_for_health(self.url, self.proc, lambda: "mlflow server did not start")
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its workers, as a crash would
