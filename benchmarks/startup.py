@@ -6,8 +6,10 @@ Each sample is what Snakemake runs for one stage run: the launcher (`python -m
 harness.run.launch`) of Table 3's M=2 pre-training at scale tiny, one epoch (4 steps of 64
 images), on the local executor with the sqlite store, in a fresh results folder. It times, from
 the launcher's start: the end of the first epoch (the run's progress.json appears: start-up plus
-4 steps) and the launcher's end (the result written, tracking delivered, the job reaped). The
-checkouts alternate so that both see the same machine. Each checkout runs its own code
+4 steps) and the launcher's end (the result written, tracking delivered, the job reaped); and,
+where the checkout records it (progress.json's `startup_s`), the job's own start-up: from its
+process's start to the end of its first training step (interpreter, imports, data, model, one
+step). The checkouts alternate so that both see the same machine. Each checkout runs its own code
 (PYTHONPATH) with this interpreter. No threshold is asserted.
 """
 from __future__ import annotations
@@ -41,8 +43,9 @@ print(json.dumps([plan.launch_args(sig, "pretrain"), job_args(plan, sig, "pretra
 """
 
 
-def sample(repo: Path) -> tuple[float, float]:
-    """(seconds to the first epoch's end, seconds to the launcher's end) of one fresh run."""
+def sample(repo: Path) -> tuple[float, float, float | None]:
+    """(seconds to the first epoch's end, seconds to the launcher's end, the job's own seconds
+    from its process start to its first step's end or None) of one fresh run."""
     import shlex
 
     env = {**os.environ, "PYTHONPATH": str(repo)}
@@ -54,15 +57,18 @@ def sample(repo: Path) -> tuple[float, float]:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "harness.run.launch", *shlex.split(launch), *shlex.split(job)],
                                 cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        first = None
+        first, startup = None, None
         while proc.poll() is None:
             if first is None and progress.exists():
                 first = time.perf_counter() - start
+                startup = json.loads(progress.read_text()).get("startup_s")
             time.sleep(0.01)
         end = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"{repo}: the launcher failed: {proc.stderr.read()[-2000:]}")
-        return first if first is not None else end, end
+        if first is None:
+            startup = json.loads(progress.read_text()).get("startup_s")
+        return first if first is not None else end, end, startup
 
 
 def main() -> None:
@@ -71,19 +77,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     repos = {"this checkout": ROOT, **({"before": args.before.resolve()} if args.before else {})}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in repos}
+    times: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name in repos}
     for _ in range(args.repeats):
         for name, repo in repos.items():
             times[name].append(sample(repo))
     print(f"# tiny pre-training job (1 epoch of 4 steps), local executor, sqlite store; {os.cpu_count()} cores; "
           f"median of {args.repeats} (min-max)")
-    print(f"{'checkout':<16} {'to the first epoch end (s)':>28} {'to the launcher end (s)':>26}")
+    print(f"{'checkout':<16} {'job: process start to first step (s)':>38} {'to the first epoch end (s)':>28} "
+          f"{'to the launcher end (s)':>26}")
     for name, samples in times.items():
         cols = []
-        for i in (0, 1):
-            values = [s[i] for s in samples]
-            cols.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
-        print(f"{name:<16} {cols[0]:>28} {cols[1]:>26}")
+        for i in (2, 0, 1):
+            values = [s[i] for s in samples if s[i] is not None]
+            cols.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-")
+        print(f"{name:<16} {cols[0]:>38} {cols[1]:>28} {cols[2]:>26}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from harness.core.catalog import DATASETS
-from harness.stages.data import CIFAR_LOADERS, fetch
+from harness.stages.data import fetch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fetch(args.name, args.root)
     except Exception as e:  # CLI boundary: one clear line instead of a traceback
+        from harness.stages.folders import CIFAR_LOADERS
+
         cls = CIFAR_LOADERS.get(args.name)
         url = f" from {cls.url}" if cls is not None else ""
         print(f"error: fetching {args.name} into {args.root}{url} failed ({type(e).__name__}: {e}). "

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
-
 from harness.core.config import ModelConfig
+from harness.science.blocks import Block, PatchEmbed
 
 
 def sincos_pos_embed(dim: int, grid: int, base_grid: int | None = None) -> torch.Tensor:
@@ -70,7 +68,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.embed_dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(image_size, cfg.patch_size, in_chans, cfg.embed_dim, strict_img_size=False)
+        self.patch_embed = PatchEmbed(cfg.patch_size, in_chans, cfg.embed_dim)
         self.grid = image_size // cfg.patch_size
         self.register_buffer("pos_embed", sincos_pos_embed(cfg.embed_dim, self.grid)[None], persistent=False)
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()

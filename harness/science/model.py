@@ -12,11 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp
-from timm.models.vision_transformer import Attention, Block
 
 from harness.core.config import ModelConfig
 from harness.science import masks
+from harness.science.blocks import Attention, Block, Mlp
 from harness.science.encoder import Encoder, init_weights, sincos_pos_embed
 from harness.science.pixel_loss import normalized_pixel_loss
 
@@ -70,12 +69,11 @@ def query_stream(block: Block, g: torch.Tensor, h: torch.Tensor, mask: torch.Ten
     w, b = attn.qkv.weight, attn.qkv.bias
     q = F.linear(block.norm1(g), w[:d], None if b is None else b[:d])
     kv = F.linear(block.norm1(h), w[d:], None if b is None else b[d:])
-    q = attn.q_norm(rearrange(q, "b n (h d) -> b h n d", h=attn.num_heads))
+    q = rearrange(q, "b n (h d) -> b h n d", h=attn.num_heads)
     k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=attn.num_heads)
-    out = F.scaled_dot_product_attention(q, attn.k_norm(k), v, attn_mask=mask)
-    out = attn.proj(attn.norm(rearrange(out, "b h n d -> b n (h d)")))
-    g = g + block.drop_path1(block.ls1(out))
-    return g + block.drop_path2(block.ls2(block.mlp(block.norm2(g))))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    g = g + block.drop_path1(attn.proj(rearrange(out, "b h n d -> b n (h d)")))
+    return g + block.drop_path2(block.mlp(block.norm2(g)))
 
 
 # --------------------------------------------------------------------------- RandSAC

@@ -3,21 +3,131 @@
 ``pretrain_transform`` (random resized crop, scale 0.2-1, + flip), ``probe_transform`` (linear
 probe), ``finetune_transform`` (timm's RandAugment recipe; Pillow is pinned to 12, see
 pyproject.toml) and ``eval_transform`` (resize only). Each takes the dataset's facts
-(harness.core.catalog) and returns a torchvision transform of a PIL image.
+(harness.core.catalog) and returns a transform of a PIL image ("L" or "RGB") to a normalized
+float tensor (C, H, W).
+
+Fine-tuning's is timm's. The other three are torchvision's transforms (RandomResizedCrop,
+RandomHorizontalFlip, Resize, CenterCrop, ToTensor, Normalize) written out here, drawing the
+same random numbers in the same order and calling the same Pillow operations, so that the same
+seed gives the same tensor to the last bit (tests/science/test_transforms.py holds them against
+torchvision's): importing torchvision imports its models and torch._dynamo, 1.5-2 s of every
+pre-training and probe job's start-up on a 2-core CPU (docs/findings.md).
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
-from torchvision import transforms
+import numpy as np
+import torch
+from PIL import Image
 
 from harness.core.catalog import DatasetInfo
 
-_BICUBIC = transforms.InterpolationMode.BICUBIC
+MAE_RATIO = (3 / 4, 4 / 3)
 
 
-def _to_normalized_tensor(info: DatasetInfo) -> list[Callable]:
-    return [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+def resize(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Bicubic (antialiased, as Pillow always is) to height x width; unchanged if already so."""
+    return img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+class Compose:
+    """Apply `steps` in order."""
+
+    def __init__(self, steps: Sequence[Callable]):
+        self.transforms = list(steps)
+
+    def __call__(self, img):
+        for step in self.transforms:
+            img = step(img)
+        return img
+
+
+class Resize:
+    """Bicubic resize to (size, size), or, given `short`, the short side to `short` (aspect kept)."""
+
+    def __init__(self, size: int | None = None, short: int | None = None):
+        self.size, self.short = size, short
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if self.size is not None:
+            return resize(img, self.size, self.size)
+        w, h = img.size
+        if w <= h:
+            return resize(img, int(self.short * h / w), self.short)
+        return resize(img, self.short, int(self.short * w / h))
+
+
+class CenterCrop:
+    """The central size x size window (the image is at least that large after `Resize(short=)`)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if self.size > w or self.size > h:
+            raise ValueError(f"a {self.size}-pixel centre crop of a {w}x{h} image")
+        top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
+class RandomResizedCrop:
+    """A random window of `scale` of the area and aspect ratio in `ratio` (log-uniform), resized
+    to size x size; after 10 misses, the central window of the nearest allowed ratio."""
+
+    def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = MAE_RATIO):
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+
+    def window(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop, from the global torch generator."""
+        area = height * width
+        log_ratio = torch.log(torch.tensor(self.ratio))
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
+            aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = torch.randint(0, height - h + 1, size=(1,)).item()
+                left = torch.randint(0, width - w + 1, size=(1,)).item()
+                return top, left, h, w
+        aspect = width / height
+        if aspect < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif aspect > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        top, left, h, w = self.window(*img.size)
+        return resize(img.crop((left, top, left + w, top + h)), self.size, self.size)
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1) < self.p else img
+
+
+class ToNormalizedTensor:
+    """An "L" or "RGB" image -> float32 (C, H, W) in [0, 1], minus `mean`, over `std`."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if img.mode not in ("L", "RGB"):
+            raise ValueError(f"expected an L or RGB image, got mode {img.mode}")
+        x = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(img.size[1], img.size[0], len(img.getbands()))
+        x = x.permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
 
 
 def pretrain_transform(info: DatasetInfo, image_size: int, crop_scale: tuple[float, float] | None = (0.2, 1.0),
@@ -25,33 +135,28 @@ def pretrain_transform(info: DatasetInfo, image_size: int, crop_scale: tuple[flo
     """MAE pre-training augmentation: random resized crop (scale 0.2-1) + flip, no colour jitter.
     Without `crop_scale`, the whole image at `image_size` (no crop); `hflip` 0: no flip."""
     if crop_scale is None:
-        crop = [] if image_size == info.image_size else [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
+        crop = [] if image_size == info.image_size else [Resize(image_size)]
     else:
-        crop = [transforms.RandomResizedCrop(image_size, scale=crop_scale, ratio=(3 / 4, 4 / 3), interpolation=_BICUBIC)]
-    flip = [transforms.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-    return transforms.Compose([*crop, *flip, *_to_normalized_tensor(info)])
+        crop = [RandomResizedCrop(image_size, scale=crop_scale)]
+    flip = [RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    return Compose([*crop, *flip, ToNormalizedTensor(info.mean, info.std)])
 
 
 def probe_transform(info: DatasetInfo, image_size: int) -> Callable:
     """MAE linear-probe training augmentation: random resized crop (default scale) + flip."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, interpolation=_BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        *_to_normalized_tensor(info),
-    ])
+    return Compose([RandomResizedCrop(image_size), RandomHorizontalFlip(), ToNormalizedTensor(info.mean, info.std)])
 
 
 def eval_transform(info: DatasetInfo, image_size: int) -> Callable:
     """Deterministic: bicubic resize to image_size (only if it differs), then normalize.
     ImageNet: resize the short side to image_size * 256/224, then center-crop (MAE's eval)."""
     if info.name.startswith("imagenet"):
-        resize = [transforms.Resize(int(image_size * 256 / 224), interpolation=_BICUBIC),
-                  transforms.CenterCrop(image_size)]
+        resize_ = [Resize(short=int(image_size * 256 / 224)), CenterCrop(image_size)]
     elif image_size == info.image_size:
-        resize = []
+        resize_ = []
     else:
-        resize = [transforms.Resize((image_size, image_size), interpolation=_BICUBIC)]
-    return transforms.Compose([*resize, *_to_normalized_tensor(info)])
+        resize_ = [Resize(image_size)]
+    return Compose([*resize_, ToNormalizedTensor(info.mean, info.std)])
 
 
 def finetune_transform(info: DatasetInfo, image_size: int, rand_augment: str | None,

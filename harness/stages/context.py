@@ -47,6 +47,7 @@ class StageContext:
     name: str = ""  # what its progress lines call it, e.g. "M=2 · pretrain · s0 · table3"
     stop: Callable[[], bool] | None = None  # asked after every step: stop there (preemption, time limit)
     meter: Any = None  # told when each step's batch is on the device and when its step ends (a preflight's timer)
+    startup_s: float | None = None  # set by the first training step: seconds since the process started
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:

@@ -11,6 +11,9 @@ Datasets (items are ``(PIL.Image, int)`` before the transform, like torchvision'
   ``python -m harness.fetch cifar10 --root ROOT`` (needs network).
 - ``imagenet100``, ``imagenet1k``: torchvision's ImageFolder over ``<root>/imagenet/{train,val}``.
 
+torchvision's classes (harness.stages.folders) load with the first CIFAR or ImageNet set a job
+reads: torchvision's import costs a job 1.5-2 s (harness.science.transforms).
+
 `splits` gives a stage its training and evaluation sets (test split, or a validation share held
 out of training for searches); augmentations come from harness.science.transforms. Training's
 random draws derive from the run's seed by three rules: `rank_seed`, `epoch_seed`, `item_seed`.
@@ -27,14 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, Subset
-from torchvision import datasets
-from torchvision.datasets.utils import check_integrity
 
 from harness.core.catalog import IMAGENET100_CLASSES, DataError, dataset_info
 from harness.core.config import RunConfig
 from harness.science.transforms import eval_transform
 
-CIFAR_LOADERS = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+CIFAR = ("cifar10", "cifar100")  # read by torchvision (harness.stages.folders)
 
 MNIST5K_TRAIN_FRACTION = 0.8
 MNIST5K_PAD = 2
@@ -93,6 +94,8 @@ def _fetch_command(name: str, root: str) -> str:
 
 def _cifar_problem(name: str, root: str) -> str | None:
     """What is wrong with the files in root's CIFAR folder (torchvision's md5 table), or None."""
+    from harness.stages.folders import CIFAR_LOADERS, check_integrity
+
     cls = CIFAR_LOADERS[name]
     folder = os.path.join(root, cls.base_folder)
     if not os.path.isdir(folder):
@@ -135,20 +138,6 @@ def _imagenet_problem(name: str, root: str) -> str | None:
     return None
 
 
-class ImageNetFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder, restricted to a fixed class list when one is given."""
-
-    def __init__(self, folder: str, classes: tuple[str, ...] | None, transform: Callable | None = None):
-        self.only = classes
-        super().__init__(folder, transform=transform)
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes, _ = super().find_classes(directory)
-        if self.only is not None:
-            classes = sorted(set(classes) & set(self.only))
-        return classes, {c: i for i, c in enumerate(classes)}
-
-
 def check_data(name: str, root: str | None) -> None:
     """Raise DataError unless dataset `name` is present and intact under root (md5 checked)."""
     dataset_info(name)
@@ -167,6 +156,8 @@ def check_data(name: str, root: str | None) -> None:
         return
     problem = _cifar_problem(name, root)
     if problem is not None:
+        from harness.stages.folders import CIFAR_LOADERS
+
         folder = os.path.join(root, CIFAR_LOADERS[name].base_folder)
         raise DataError(f"{name} data is missing or corrupt: expected torchvision's {name} files in {folder}, "
                         f"but {problem}. Fetch it (needs network) with: {_fetch_command(name, root)}")
@@ -177,6 +168,8 @@ def build_dataset(name: str, root: str | None, train: bool, transform: Callable 
     check_data(name, root)
     if name == "mnist5k":
         return MNIST5k(train, transform)
+    from harness.stages.folders import CIFAR_LOADERS, ImageNetFolder
+
     if name.startswith("imagenet"):
         folder, classes = imagenet_folder(name, os.path.expanduser(os.fspath(root)), "train" if train else "val")
         return ImageNetFolder(folder, classes, transform)
@@ -222,7 +215,9 @@ def files_digest(name: str, root: str | None) -> str:
     if name == "mnist5k":
         for a in _mnist5k_arrays():
             h.update(a.tobytes())
-    elif name in CIFAR_LOADERS:
+    elif name in CIFAR:
+        from harness.stages.folders import CIFAR_LOADERS
+
         cls = CIFAR_LOADERS[name]
         h.update(" ".join(md5 for _, md5 in [*cls.train_list, *cls.test_list]).encode())
     else:
@@ -338,6 +333,8 @@ def fetch(name: str, root: str) -> None:
     if name.startswith("imagenet"):
         raise DataError(f"{name} cannot be fetched automatically (ImageNet's licence requires a manual "
                         f"download); put it in ImageFolder layout under {os.path.join(root, 'imagenet')}")
+    from harness.stages.folders import CIFAR_LOADERS
+
     root = os.path.expanduser(os.fspath(root))
     CIFAR_LOADERS[name](root, train=True, download=True)
     check_data(name, root)

@@ -20,9 +20,15 @@ from torch.utils.data import Dataset, Subset
 from harness.core.catalog import DataError
 from harness.core.config import RunConfig
 from harness.science.device_transforms import DeviceAugment
-from harness.stages.data import CIFAR_LOADERS, MNIST5k, item_seed
+from harness.stages.data import CIFAR, MNIST5k, item_seed
 
-FITS_ON_DEVICE = ("mnist5k", *CIFAR_LOADERS)
+FITS_ON_DEVICE = ("mnist5k", *CIFAR)
+
+
+def cifar_classes() -> tuple[type, ...]:
+    from harness.stages.folders import CIFAR_LOADERS  # torchvision: a CIFAR job has imported it already
+
+    return tuple(CIFAR_LOADERS.values())
 
 
 def uint8_images(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +40,7 @@ def uint8_images(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         ds = ds.dataset
     if isinstance(ds, MNIST5k):
         images = torch.from_numpy(np.ascontiguousarray(ds.data))[:, None]
-    elif isinstance(ds, tuple(CIFAR_LOADERS.values())):
+    elif isinstance(ds, cifar_classes()):
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
     else:
         raise DataError(f"{type(ds).__name__} does not fit on the device as one tensor; "

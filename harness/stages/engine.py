@@ -13,6 +13,7 @@ on its shard and gradients are averaged.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -98,8 +99,26 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, opt: OptimConfig, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """timm's parameter groups (param_groups_weight_decay): trainable norms, biases and other
+    1-D parameters without weight decay, the rest with it; all in one group without decay."""
+    no_decay, decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if not weight_decay or p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [g for g in ({"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay})
+            if g["params"]]
+
+
 def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, **kwargs):
-    """timm's optimizer factory (no weight decay on norms and biases) + the warm-up/cosine schedule."""
+    """The optimizer as timm's factory makes it (no weight decay on norms and biases) + the
+    warm-up/cosine schedule. AdamW without layer-wise decay (pre-training) is built here, the
+    same groups and arguments: importing timm costs a pre-training job 1.5-2 s of start-up
+    (harness.science.blocks); LARS and layer-wise decay come from timm."""
+    if opt_cfg.optimizer == "adamw" and "layer_decay" not in kwargs and isinstance(params_or_model, torch.nn.Module):
+        groups = weight_decay_groups(params_or_model, opt_cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, weight_decay=0.0, betas=opt_cfg.betas, **kwargs)
+        return optimizer, warmup_cosine(optimizer, opt_cfg, steps_per_epoch(n_train, opt_cfg.batch_size))
     from timm.optim import create_optimizer_v2
 
     extra = {"betas": opt_cfg.betas} if opt_cfg.optimizer == "adamw" else {"momentum": opt_cfg.momentum}
@@ -108,6 +127,16 @@ def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, 
     for group in optimizer.param_groups:  # layer-wise lr decay: timm leaves the scaling to its schedulers
         group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
     return optimizer, warmup_cosine(optimizer, opt_cfg, steps_per_epoch(n_train, opt_cfg.batch_size))
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, by the kernel's clock of it (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -265,7 +294,7 @@ def fit(ctx, task: Task) -> list[dict]:
         # this attempt timed yet, so no rate and no ETA until the next epoch (not "0 img/s")
         rate = (count - first) * opt_cfg.batch_size / (now - epoch_start) if count > first else None
         eta = (now - started) / done_here * (opt_cfg.epochs - epoch - 1) if done_here > 0 else None
-        ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, rate, now - started, eta))
+        ctx.progress(Progress(epoch + 1, opt_cfg.epochs, metrics, rate, now - started, eta, ctx.startup_s))
     return history
 
 
@@ -304,6 +333,8 @@ def train_one_epoch(ctx, task: Task, epoch: int, batches: Iterable, per_epoch: i
         for key, value in {names.LOSS: loss, **extras}.items():
             sums[key] = sums.get(key, 0.0) + value.item()
         count += 1
+        if ctx.startup_s is None:  # the job's start-up: interpreter, imports, data, model, one step
+            ctx.startup_s = process_age_s()
         if ctx.meter is not None:
             ctx.meter.stepped(loss)
         if dist.any(ctx.stop_requested()):  # preemption, a time limit: keep this step, then stop
@@ -324,6 +355,7 @@ class Progress:
     # the time; None when this attempt has timed no step yet (resumed at an epoch's end)
     elapsed_s: float  # since this attempt started
     eta_s: float | None  # None: no step of this attempt timed yet
+    startup_s: float | None = None  # from this process's start to the end of its first step
 
     def line(self, name: str) -> str:
         shown = [f"{k} {v:.4g}" for k, v in self.metrics.items() if k != names.LR]

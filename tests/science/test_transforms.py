@@ -78,3 +78,48 @@ def test_finetune_posterize_to_0_bits_gives_black_not_an_error(name):
     out = op(_image(name))
     assert out.mode == _image(name).mode and not np.asarray(out).any()
     pickle.loads(pickle.dumps(t))  # still picklable for data-loader workers
+
+
+def _torchvision_twin(info: DatasetInfo, size: int, kind: str):
+    """torchvision's pipeline of each transform written out in harness.science.transforms."""
+    from torchvision import transforms as T
+
+    bicubic = T.InterpolationMode.BICUBIC
+    tail = [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    if kind == "pretrain":
+        return T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), interpolation=bicubic),
+                          T.RandomHorizontalFlip(0.5), *tail])
+    if kind == "pretrain-whole":
+        return T.Compose([*([] if size == info.image_size else [T.Resize((size, size), interpolation=bicubic)]), *tail])
+    if kind == "probe":
+        return T.Compose([T.RandomResizedCrop(size, interpolation=bicubic), T.RandomHorizontalFlip(), *tail])
+    if info.name.startswith("imagenet"):
+        return T.Compose([T.Resize(int(size * 256 / 224), interpolation=bicubic), T.CenterCrop(size), *tail])
+    return T.Compose([*([] if size == info.image_size else [T.Resize((size, size), interpolation=bicubic)]), *tail])
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "cifar10", "imagenet100"])
+@pytest.mark.parametrize("size", [16, 32, 48])
+@pytest.mark.parametrize("kind", ["pretrain", "pretrain-whole", "probe", "eval"])
+def test_transforms_equal_torchvisions_to_the_bit(name, size, kind):
+    """The same seed gives the same tensor as torchvision's transforms, on square images and on
+    the tall and wide ones an ImageNet folder holds (crop windows, their fall-back, short-side
+    resize and centre crop)."""
+    info = dataset_info(name)
+    ours = {"pretrain": lambda: transforms.pretrain_transform(info, size),
+            "pretrain-whole": lambda: transforms.pretrain_transform(info, size, crop_scale=None, hflip=0.0),
+            "probe": lambda: transforms.probe_transform(info, size),
+            "eval": lambda: transforms.eval_transform(info, size)}[kind]()
+    twin = _torchvision_twin(info, size, kind)
+    rng = np.random.default_rng(1)
+    shapes = [(32, 32)] + ([(57, 91), (91, 57), (60, 13)] if name.startswith("imagenet") else [])
+    for h, w in shapes:
+        pixels = rng.integers(0, 256, (h, w) if info.channels == 1 else (h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels)
+        for seed in range(60):
+            torch.manual_seed(seed)
+            a = ours(img)
+            torch.manual_seed(seed)
+            b = twin(img)
+            assert a.dtype == b.dtype and torch.equal(a, b), (h, w, seed)
+    pickle.loads(pickle.dumps(ours))  # data-loader workers get it pickled

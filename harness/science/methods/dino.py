@@ -1,6 +1,6 @@
 """Table 7's DINO baseline (Caron et al. 2021) on the same ViT encoder: its settings, its
 official recipe and training loop's stabilisers, its multi-crop views (the model:
-harness.science.baselines.DINO, built from lightly's head, loss and transform)."""
+harness.science.dino.DINO, built from lightly's head, loss and transform)."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -44,13 +44,13 @@ class Method(Base):
     }
 
     def build(self):
-        from harness.science.baselines import DINO
+        from harness.science.dino import DINO
 
         self.model = DINO(self.cfg.model, self.cfg.dino, self.cfg.data.image_size, self.info.channels)
         return self.model
 
     def transform(self):
-        from harness.science.baselines import MultiCrop
+        from harness.science.dino import MultiCrop
 
         return MultiCrop(self.cfg.dino, self.info, self.cfg.data.image_size, self.cfg.model.patch_size)
 
