@@ -120,5 +120,6 @@ for _stage in STAGES:
             args=lambda wc, s=_stage: PLAN.launch_args(wc.sig, s),
             job=lambda wc, output, s=_stage: jobs.job_args(PLAN, wc.sig, s),
             superseded=lambda wc: STALE.superseded(wc.sig),
+        threads: PLAN.job_threads
         localrule: True
         shell: "{PY} -m harness.run.launch {params.args} {params.job}"

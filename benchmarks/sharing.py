@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time of each job, after warm-up")
     ap.add_argument("--batch", type=int, default=16, help="the smoke recipe's pre-training batch")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a job alone")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds over the settings, alternating (this VM's speed drifts); medians printed")
     ap.add_argument("--envs", nargs="+", default=["default", "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=10000"],
                     help="OpenMP settings to compare: default, or NAME=VALUE")
     ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
@@ -80,20 +83,25 @@ def main() -> None:
         job(args.seconds, args.batch, args.threads)
         return
     t = args.threads
+    cases = [(f"1 job, {t} threads", 1, t), (f"2 jobs, {t} threads each", 2, t), ("2 jobs, 1 thread each", 2, 1)]
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for setting in args.envs:
+            for name, n, threads in cases:
+                rates.setdefault((setting, name), []).extend(run_jobs(n, threads, setting, args.seconds, args.batch))
     print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "
-          f"{args.seconds:g} s per job after warm-up")
-    print(f"{'setting':<24} {'case':<26} {'img/s per job':>16} {'of alone':>12} {'of default alone':>17}")
-    reference = None
+          f"{args.seconds:g} s per job after warm-up; {args.repeats} round(s), medians over rounds and jobs")
+    print(f"{'setting':<24} {'case':<26} {'img/s per job':>14} {'range':>15} {'of alone':>9} {'of default alone':>17}")
+    alone = {setting: statistics.median(rates[(setting, cases[0][0])]) for setting in args.envs}
+    reference = alone.get("default")
     for setting in args.envs:
-        alone = run_jobs(1, t, setting, args.seconds, args.batch)[0]
-        reference = reference or (alone if setting == "default" else None)
-        cases = [(f"1 job, {t} threads", [alone]),
-                 (f"2 jobs, {t} threads each", run_jobs(2, t, setting, args.seconds, args.batch)),
-                 ("2 jobs, 1 thread each", run_jobs(2, 1, setting, args.seconds, args.batch))]
-        for name, rates in cases:
-            of_default = " ".join(f"{r / reference:5.0%}" for r in rates) if reference else ""
-            print(f"{setting:<24} {name:<26} {' '.join(f'{r:7.1f}' for r in rates):>16} "
-                  f"{' '.join(f'{r / alone:5.0%}' for r in rates):>12} {of_default:>17}", flush=True)
+        for name, _, _ in cases:
+            values = rates[(setting, name)]
+            median = statistics.median(values)
+            of_default = f"{median / reference:.0%}" if reference else ""
+            print(f"{setting:<24} {name:<26} {median:14.1f} {f'{min(values):.0f}-{max(values):.0f}':>15} "
+                  f"{median / alone[setting]:9.0%} {of_default:>17}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,17 @@ class ExecutorError(ValueError):
     """A request Slurm can never serve, in one line."""
 
 
+SPINCOUNT = 1000  # measured: benchmarks/sharing.py, docs/findings.md "Two torch jobs on one CPU"
+
+
+def job_environment(executor: "ExecutorConfig", env: dict[str, str]) -> dict[str, str]:
+    """What a stage job adds to `env` (the launcher's, which submitit's local job inherits and
+    sbatch exports): OpenMP's wait, when the user has not set it."""
+    if executor.gomp_spincount is None or {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
+        return {}
+    return {"GOMP_SPINCOUNT": str(executor.gomp_spincount)}
+
+
 class ExecutorConfig(BaseModel):
     """Where stage jobs run: the profile's `executor` block (profiles/*/harness.yaml)."""
 
@@ -27,6 +38,11 @@ class ExecutorConfig(BaseModel):
     partition: str | None = None
     gpus_per_node: int = Field(0, ge=0)
     cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
+    # GNU OpenMP's spins at a barrier before a waiting thread sleeps, put in every job's
+    # environment unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set there already (the user's
+    # word wins); None: OpenMP's own (300,000). Its default spins for milliseconds: two 2-thread
+    # jobs sharing 2 cores then wait on threads that are not scheduled (docs/findings.md)
+    gomp_spincount: int | None = Field(SPINCOUNT, ge=0)
     tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
     nodes: int = Field(1, gt=0)
     mem_gb: float | None = Field(None, gt=0)

@@ -25,7 +25,7 @@ from pathlib import Path
 import submitit
 
 from harness.run import pending, slurm, snapshot
-from harness.run.executor import ExecutorConfig, make_executor
+from harness.run.executor import ExecutorConfig, job_environment, make_executor
 from harness.run.watcher import UNLISTED, Watcher
 from harness.core.config import RunConfig
 from harness.core.files import keep_run_folders_private, run_folder_umask, user_umask
@@ -135,6 +135,7 @@ def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfi
               f"rerun=stale` redoes it", flush=True)
     run.write_config(methods.stage_config(cfg, stage), cfg.model_dump(mode="json"))
     attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    os.environ.update(job_environment(executor, dict(os.environ)))  # this launcher submits this one job
     ex = make_executor(executor, run.submitit / attempt, code)
     ex.update_parameters(name=f"{stage}-{run.signature}")
     job_tags = {"signature": run.signature, "stage": stage, **(tags or {})}

@@ -189,6 +189,17 @@ class Plan:
         parent = self.runs[sig].parent
         return [str(self.results.run(parent).result(PRETRAIN))] if parent else []  # supervised: none
 
+    @property
+    def job_threads(self) -> int:
+        """The cores a stage rule holds in Snakemake's count (`--cores`): a local job's threads,
+        so that the jobs Snakemake runs at once never ask for more threads than this machine's
+        cores (two 2-thread torch jobs on 2 cores run at a quarter of their speed each; two
+        1-thread jobs at four fifths: docs/findings.md); 1 for a launcher that only waits on its
+        Slurm job."""
+        if self.executor.kind != "local":
+            return 1
+        return self.executor.cpus_per_task * self.executor.tasks_per_node
+
     def launch_args(self, sig: str, stage: str) -> str:
         """What defines the run `sig` of `stage`: the only arguments Snakemake compares between
         invocations (its params). The signature stands for the config: what the run reads is

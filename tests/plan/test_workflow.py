@@ -54,6 +54,17 @@ def test_executor_overrides_from_snakemake_config():
     assert all(r.config.pretrain.epochs == 1 and r.config.seed == 3 for r in p.runs.values())
 
 
+def test_a_local_stage_job_holds_as_many_of_snakemakes_cores_as_it_has_threads():
+    """So that `--cores` bounds the threads of the jobs run at once; a launcher of a Slurm job
+    only waits (its threads are on the cluster)."""
+    def threads(executor):
+        return Plan.from_snakemake_config({"scale": "tiny", "executor": executor}, ["table3"]).job_threads
+
+    assert threads({"kind": "local", "cpus_per_task": 2}) == 2
+    assert threads({"kind": "local", "cpus_per_task": 1}) == 1
+    assert threads({"kind": "local", "cpus_per_task": 1, "tasks_per_node": 2}) == 2
+
+
 def test_seeds_from_the_command_line_replace_the_studys():
     cells = expand(load_study("table3"), "tiny", seeds=[0, 1, 2])
     assert sorted({c.seed for c in cells}) == [0, 1, 2] and len(cells) == 4 * 3

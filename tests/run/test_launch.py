@@ -67,3 +67,38 @@ def test_a_failed_job_is_reported_by_its_own_last_error_line():
         "  - /r/1_0_log.err\n  - /r/1_0_log.out")
     assert error_line(err) == "harness.core.errors.NonFiniteLoss: loss is nan at epoch 1/2"
     assert error_line(RuntimeError("first\nlast")) == "RuntimeError: last"
+
+
+def test_jobs_get_a_short_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_cfg, monkeypatch):
+    """A job's environment holds GOMP_SPINCOUNT (the executor's) when neither OpenMP wait variable
+    is set; the launcher puts it there before submitit starts or sbatch exports the job."""
+    import os
+
+    from harness.core.layout import Results
+    from harness.run import launch
+    from harness.run.executor import SPINCOUNT, ExecutorConfig, job_environment
+
+    assert job_environment(ExecutorConfig(), {}) == {"GOMP_SPINCOUNT": str(SPINCOUNT)}
+    assert job_environment(ExecutorConfig(gomp_spincount=20000), {"PATH": "/bin"}) == {"GOMP_SPINCOUNT": "20000"}
+    for users in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "300000"}):
+        assert job_environment(ExecutorConfig(), users) == {}
+    assert job_environment(ExecutorConfig(gomp_spincount=None), {}) == {}
+
+    seen = []
+
+    class Recorder:  # what the submitit executor would start the job with
+        def update_parameters(self, **_):
+            pass
+
+        def submit(self, job):
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+
+    monkeypatch.setattr(launch, "make_executor", lambda *a, **k: Recorder())
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    launch.submit("pretrain", tiny_cfg(), Results(tmp_path / "results"), ExecutorConfig(gomp_spincount=1234),
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "77")
+    launch.submit("pretrain", tiny_cfg(), Results(tmp_path / "results"), ExecutorConfig(gomp_spincount=1234),
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert seen == ["1234", "77"]
