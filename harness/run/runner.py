@@ -18,6 +18,13 @@ from harness.stages.distributed import SINGLE, Dist
 from harness.run.tracking import Forwarder, StageTracker, Store, flatten
 
 
+def torch_threads() -> int:
+    """This process's torch threads: a CPU run's numbers depend on them (summation order)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def stage_module(stage: str):
     """The module of a stage (harness.stages.<stage>): its `run(ctx)` trains and returns metrics."""
     return importlib.import_module(declared(stage).module)
@@ -50,7 +57,7 @@ def run_stage(stage: str, cfg: RunConfig, run: RunFolder, *, store: Store, tags:
     run.write_config(methods.stage_config(cfg, stage), cfg.model_dump(mode="json"))
     code = code_record(stage, cfg, run)
     tags = {**tags, "stage": stage, "signature": run.signature, "seed": str(cfg.seed), "dataset": cfg.data.name,
-            "world_size": str(dist.world_size), "mlflow.source.type": "JOB",
+            "world_size": str(dist.world_size), "torch_threads": str(torch_threads()), "mlflow.source.type": "JOB",
             "mlflow.source.name": f"harness.stages.{stage}", "mlflow.source.git.commit": code["git"]["commit"],
             "mlflow.user": getpass.getuser(), "code.fingerprint": code["fingerprint"],
             "code.git_dirty": str(code["git"]["dirty"]), "code.git_diff": str(code["git"]["diff"])}

@@ -45,6 +45,7 @@ def compare(tmp_path, kind: str, **extra):
     other_seed, _ = run_pretrain(tmp_path / "seed1", one, seed=1)
     parallel, run = run_pretrain(tmp_path / "two", two)
     assert run.data.tags["world_size"] == "2"  # a tag: how a run ran, not what it is
+    assert run.data.tags["torch_threads"] == "1"  # the executor's cpus_per_task
     assert len(parallel) == len(single) == EPOCHS
     rel = [abs(p - s) / s for p, s in zip(parallel, single)]
     seed_rel = [abs(o - s) / s for o, s in zip(other_seed, single)]

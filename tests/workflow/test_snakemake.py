@@ -17,6 +17,11 @@ def test_dry_run_lists_exactly_the_table3_jobs(tmp_path, snakemake, job_counts):
     assert job_counts(out.stdout) == {"pretrain": 3, "linprobe": 4, "finetune": 4, "table3_plan": 1,
                                       "table3": 1}  # + the control; the table's plan file, then the table
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
+    # a local stage job holds its threads in Snakemake's --cores count: the profile's 2 cores run
+    # two 1-thread jobs at a time, or one 2-thread job
+    assert "threads:" not in out.stdout
+    two = snakemake(tmp_path, "-n", "table3", "--config", "scale=tiny", "executor={cpus_per_task: 2}")
+    assert two.stdout.count("threads: 2") == 11, two.stdout
 
 
 @pytest.mark.parametrize("args,message", [  # the rest of bad input: in process (core/test_config.py)
