@@ -19,9 +19,6 @@ class ExecutorError(ValueError):
     """A request Slurm can never serve, in one line."""
 
 
-SPINCOUNT = 1000  # measured: benchmarks/sharing.py, docs/findings.md "Two torch jobs on one CPU"
-
-
 def job_environment(executor: "ExecutorConfig", env: dict[str, str]) -> dict[str, str]:
     """What a stage job adds to `env` (the launcher's, which submitit's local job inherits and
     sbatch exports): OpenMP's wait, when the user has not set it."""
@@ -40,9 +37,10 @@ class ExecutorConfig(BaseModel):
     cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
     # GNU OpenMP's spins at a barrier before a waiting thread sleeps, put in every job's
     # environment unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set there already (the user's
-    # word wins); None: OpenMP's own (300,000). Its default spins for milliseconds: two 2-thread
-    # jobs sharing 2 cores then wait on threads that are not scheduled (docs/findings.md)
-    gomp_spincount: int | None = Field(SPINCOUNT, ge=0)
+    # word wins); None: OpenMP's own (300,000), which costs a multi-thread job nothing alone but
+    # a fifth of its speed beside another on shared cores; 1000 keeps three fifths there and
+    # costs a fifth alone (docs/findings.md, "Two torch jobs on one CPU")
+    gomp_spincount: int | None = Field(None, ge=0)
     tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
     nodes: int = Field(1, gt=0)
     mem_gb: float | None = Field(None, gt=0)

@@ -5,8 +5,9 @@ Block) as this project configures them, written out: the same parameters under t
 (checkpoints load either way), created in the same order (the same initial weights from a seed),
 the same operations in the same order (the same numbers to the last bit; tests/science/
 test_blocks.py holds them against timm's). Why not import timm: timm's layers import
-torchvision, whose package import pulls in torchvision.models and torch._dynamo, 1.5-2 s of a
-stage job's start-up on a 2-core CPU (docs/findings.md, "Speed of the harness itself"). Stages
+torchvision, whose package import pulls in torchvision.models; with torchvision's transforms
+(harness.science.transforms) that was 0.8 s of a stage job's start-up on a 2-core CPU
+(docs/findings.md, "Speed of the harness itself"). Stages
 that use more of timm (fine-tuning's Mixup and RandAugment, the probe's LARS) import it there.
 Shapes: B images, N tokens, D the width, H heads.
 """

@@ -10,8 +10,9 @@ Fine-tuning's is timm's. The other three are torchvision's transforms (RandomRes
 RandomHorizontalFlip, Resize, CenterCrop, ToTensor, Normalize) written out here, drawing the
 same random numbers in the same order and calling the same Pillow operations, so that the same
 seed gives the same tensor to the last bit (tests/science/test_transforms.py holds them against
-torchvision's): importing torchvision imports its models and torch._dynamo, 1.5-2 s of every
-pre-training and probe job's start-up on a 2-core CPU (docs/findings.md).
+torchvision's): importing torchvision imports its models; with timm's blocks
+(harness.science.blocks) that was 0.8 s of every pre-training job's start-up on a 2-core CPU
+(docs/findings.md).
 """
 from __future__ import annotations
 

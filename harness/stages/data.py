@@ -12,7 +12,7 @@ Datasets (items are ``(PIL.Image, int)`` before the transform, like torchvision'
 - ``imagenet100``, ``imagenet1k``: torchvision's ImageFolder over ``<root>/imagenet/{train,val}``.
 
 torchvision's classes (harness.stages.folders) load with the first CIFAR or ImageNet set a job
-reads: torchvision's import costs a job 1.5-2 s (harness.science.transforms).
+reads: a job on mnist5k does not import torchvision (harness.science.transforms).
 
 `splits` gives a stage its training and evaluation sets (test split, or a validation share held
 out of training for searches); augmentations come from harness.science.transforms. Training's

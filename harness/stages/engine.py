@@ -113,8 +113,8 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
 def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, **kwargs):
     """The optimizer as timm's factory makes it (no weight decay on norms and biases) + the
     warm-up/cosine schedule. AdamW without layer-wise decay (pre-training) is built here, the
-    same groups and arguments: importing timm costs a pre-training job 1.5-2 s of start-up
-    (harness.science.blocks); LARS and layer-wise decay come from timm."""
+    same groups and arguments: importing timm imports torchvision, start-up a pre-training job
+    need not pay (harness.science.blocks); LARS and layer-wise decay come from timm."""
     if opt_cfg.optimizer == "adamw" and "layer_decay" not in kwargs and isinstance(params_or_model, torch.nn.Module):
         groups = weight_decay_groups(params_or_model, opt_cfg.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, weight_decay=0.0, betas=opt_cfg.betas, **kwargs)

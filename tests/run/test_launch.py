@@ -70,19 +70,20 @@ def test_a_failed_job_is_reported_by_its_own_last_error_line():
 
 
 def test_jobs_get_a_short_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_cfg, monkeypatch):
-    """A job's environment holds GOMP_SPINCOUNT (the executor's) when neither OpenMP wait variable
-    is set; the launcher puts it there before submitit starts or sbatch exports the job."""
+    """A job's environment holds GOMP_SPINCOUNT when the executor asks for one and neither OpenMP
+    wait variable is set; the launcher puts it there before submitit starts or sbatch exports
+    the job. By default OpenMP's own wait stays."""
     import os
 
     from harness.core.layout import Results
     from harness.run import launch
-    from harness.run.executor import SPINCOUNT, ExecutorConfig, job_environment
+    from harness.run.executor import ExecutorConfig, job_environment
 
-    assert job_environment(ExecutorConfig(), {}) == {"GOMP_SPINCOUNT": str(SPINCOUNT)}
+    assert job_environment(ExecutorConfig(), {}) == {}
+    assert job_environment(ExecutorConfig(gomp_spincount=1000), {}) == {"GOMP_SPINCOUNT": "1000"}
     assert job_environment(ExecutorConfig(gomp_spincount=20000), {"PATH": "/bin"}) == {"GOMP_SPINCOUNT": "20000"}
     for users in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "300000"}):
-        assert job_environment(ExecutorConfig(), users) == {}
-    assert job_environment(ExecutorConfig(gomp_spincount=None), {}) == {}
+        assert job_environment(ExecutorConfig(gomp_spincount=1000), users) == {}
 
     seen = []
 
@@ -94,6 +95,7 @@ def test_jobs_get_a_short_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_
             seen.append(os.environ.get("GOMP_SPINCOUNT"))
 
     monkeypatch.setattr(launch, "make_executor", lambda *a, **k: Recorder())
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what submit puts there stays in this test
     for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(name, raising=False)
     launch.submit("pretrain", tiny_cfg(), Results(tmp_path / "results"), ExecutorConfig(gomp_spincount=1234),
@@ -101,4 +103,7 @@ def test_jobs_get_a_short_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_
     monkeypatch.setenv("GOMP_SPINCOUNT", "77")
     launch.submit("pretrain", tiny_cfg(), Results(tmp_path / "results"), ExecutorConfig(gomp_spincount=1234),
                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    assert seen == ["1234", "77"]
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    launch.submit("pretrain", tiny_cfg(), Results(tmp_path / "results"), ExecutorConfig(),
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert seen == ["1234", "77", None]
