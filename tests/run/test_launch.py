@@ -69,7 +69,7 @@ def test_a_failed_job_is_reported_by_its_own_last_error_line():
     assert error_line(RuntimeError("first\nlast")) == "RuntimeError: last"
 
 
-def test_jobs_get_a_short_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_cfg, monkeypatch):
+def test_jobs_get_the_executors_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_cfg, monkeypatch):
     """A job's environment holds GOMP_SPINCOUNT when the executor asks for one and neither OpenMP
     wait variable is set; the launcher puts it there before submitit starts or sbatch exports
     the job. By default OpenMP's own wait stays."""
