@@ -28,9 +28,12 @@ from harness.core.catalog import DatasetInfo
 MAE_RATIO = (3 / 4, 4 / 3)
 
 
-def resize(img: Image.Image, height: int, width: int) -> Image.Image:
-    """Bicubic (antialiased, as Pillow always is) to height x width; unchanged if already so."""
-    return img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BICUBIC)
+FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resize(img: Image.Image, height: int, width: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize (antialiased, as Pillow always is) to height x width; unchanged if already so."""
+    return img if img.size == (width, height) else img.resize((width, height), FILTERS[interpolation])
 
 
 class Compose:
@@ -78,6 +81,8 @@ class RandomResizedCrop:
     """A random window of `scale` of the area and aspect ratio in `ratio` (log-uniform), resized
     to size x size; after 10 misses, the central window of the nearest allowed ratio."""
 
+    interpolation = "bicubic"  # as the on-device crop's (harness.science.device_transforms)
+
     def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = MAE_RATIO):
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
 
@@ -104,7 +109,7 @@ class RandomResizedCrop:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         top, left, h, w = self.window(*img.size)
-        return resize(img.crop((left, top, left + w, top + h)), self.size, self.size)
+        return resize(img.crop((left, top, left + w, top + h)), self.size, self.size, self.interpolation)
 
 
 class RandomHorizontalFlip:

@@ -1,5 +1,6 @@
 """End to end through the real tools: Snakemake -> submitit (local executor) -> MLflow -> tables."""
 import os
+import re
 import shutil
 
 import mlflow
@@ -212,7 +213,14 @@ def test_a_stopped_workflow_redoes_only_unfinished_runs(tmp_path, monkeypatch, s
     def results():
         return [p for p in runs_dir.glob("*/*.json") if p.stem in ("pretrain", "linprobe", "finetune")]
 
-    while len(results()) < 2:  # two stage runs finished
+    def stage_jobs_finished() -> int:
+        """Stage jobs Snakemake has logged as finished: a run's result file is written before its
+        job ends, and two jobs at a time can both hold theirs when stopped (and lose them)."""
+        logs = (tmp_path / ".snakemake" / "log").glob("*.snakemake.log")
+        return sum(len(re.findall(r"Finished jobid: \d+ \(Rule: (?:pretrain|linprobe|finetune)\)", log.read_text()))
+                   for log in logs)
+
+    while stage_jobs_finished() < 2:  # two stage runs finished
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
