@@ -11,7 +11,7 @@
 # Every run lives in results/runs/<signature>/; a config asked for by several tables is one run.
 import sys
 
-from harness.core.stages import STAGES
+from harness.core.stages import STAGES, declared
 from harness.workflow import jobs, snakefile, tracking
 
 PY = sys.executable
@@ -121,5 +121,6 @@ for _stage in STAGES:
             job=lambda wc, output, s=_stage: jobs.job_args(PLAN, wc.sig, s),
             superseded=lambda wc: STALE.superseded(wc.sig),
         threads: PLAN.job_threads
+        priority: declared(_stage).priority
         localrule: True
         shell: "{PY} -m harness.run.launch {params.args} {params.job}"

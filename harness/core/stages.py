@@ -65,6 +65,10 @@ class Stage:
     title: str  # how prose names it: "linear probe"
     metric: str | None = None  # the table metric it reports (evaluations only): "lin"
     label: str | None = None  # how a table prints that metric: "LIN"
+    # Snakemake starts the ready job of the highest priority first (its own tie-break prefers jobs
+    # with inputs, i.e. evaluations): pre-training first, then the longer evaluation, so that no long
+    # pre-training starts last and runs alone at the end (docs/findings.md, ten tables at smoke)
+    priority: int = 0
 
     @property
     def module(self) -> str:
@@ -76,9 +80,9 @@ class Stage:
 
 
 DECLARED: tuple[Stage, ...] = (  # in the order they run
-    Stage("pretrain", PretrainConfig, "pre-training"),
-    Stage("linprobe", LinprobeConfig, "linear probe", metric="lin", label="LIN"),
-    Stage("finetune", FinetuneConfig, "fine-tuning", metric="ft", label="FT"),
+    Stage("pretrain", PretrainConfig, "pre-training", priority=2),
+    Stage("linprobe", LinprobeConfig, "linear probe", metric="lin", label="LIN", priority=0),
+    Stage("finetune", FinetuneConfig, "fine-tuning", metric="ft", label="FT", priority=1),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in DECLARED)
 EVALUATIONS: tuple[str, ...] = tuple(s.name for s in DECLARED if s.evaluates)

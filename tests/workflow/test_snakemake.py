@@ -58,6 +58,11 @@ def test_table3_end_to_end_at_tiny_scale(table3_tiny):
     # every epoch printed a progress line, and the local jobs' lines reached Snakemake's console
     assert out.stdout.count("[M=2 · pretrain · s0 · table3] epoch ") == 2  # tiny: 2 epochs
     assert "ETA 0:00:00" in out.stdout and "img/s" in out.stdout
+    # two jobs at a time; every pre-training starts before any evaluation (the stage rules' priority),
+    # though the random-init control's evaluations were ready from the start
+    started = re.findall(r"^localrule (pretrain|linprobe|finetune):", out.stdout + "\n" + out.stderr, re.M)
+    assert sorted(started) == ["finetune"] * 4 + ["linprobe"] * 4 + ["pretrain"] * 3
+    assert started[:3] == ["pretrain"] * 3, started
 
     # MLflow: one FINISHED run per stage run, named by what differs, tagged, nested, per-stage params
     import mlflow
