@@ -13,6 +13,7 @@ from harness.run import slurm
 
 if TYPE_CHECKING:
     from harness.run.snapshot import Snapshot
+    from harness.run.warm import WarmServer
 
 
 class ExecutorError(ValueError):
@@ -41,6 +42,9 @@ class ExecutorConfig(BaseModel):
     # a fifth of its speed beside another on shared cores; 1000 keeps three fifths there and
     # costs a fifth alone (docs/findings.md, "Two torch jobs on one CPU")
     gomp_spincount: int | None = Field(None, ge=0)
+    # local jobs start as forks of a warm Python that has imported torch and the harness
+    # (harness.run.warm): about 3 s less per job; false: each job a fresh Python
+    warm: bool = True
     tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
     nodes: int = Field(1, gt=0)
     mem_gb: float | None = Field(None, gt=0)
@@ -56,11 +60,16 @@ class ExecutorConfig(BaseModel):
     patience_h: float | None = Field(None, gt=0)
 
 
-def make_executor(executor: ExecutorConfig, folder: Path, code: "Snapshot | None" = None) -> submitit.Executor:
+def make_executor(executor: ExecutorConfig, folder: Path, code: "Snapshot | None" = None,
+                  warm: "WarmServer | None" = None) -> submitit.Executor:
     """submitit executor; the cluster is always explicit (AutoExecutor would pick Slurm whenever
     Slurm's tools are installed). With `code`, its jobs import the harness from that snapshot
-    (the Python command is in the sbatch script, so a requeued job imports it again)."""
+    (the Python command is in the sbatch script, so a requeued job imports it again). With
+    `warm` (a local job), the job hands itself to that warm server (harness.run.warm), or
+    starts cold when none answers."""
     python = {"python": code.python()} if code is not None else {}
+    if warm is not None and code is not None and executor.kind == "local":
+        python = {"python": f"{code.python()} {warm.client()}"}
     if executor.kind == "local":
         if executor.nodes > 1:
             raise ValueError("the local executor runs on one node; nodes > 1 needs Slurm")

@@ -167,12 +167,37 @@ class Carrier:
             monitor.mlflow_logger.flush()
 
 
+class StageProcess:
+    """The stage's process, alive or gone: this process's parent, or, for a forwarder forked
+    from a warm server (harness.run.warm), the process of that pid and start time, not a zombie."""
+
+    def __init__(self, pid: int):
+        self.pid, self.parent = pid, os.getppid() == pid
+        self.started = None if self.parent else self.stat()[1]
+
+    def stat(self) -> tuple[str, str] | tuple[None, None]:
+        """(state, start time) of the pid, from /proc; (None, None) when it has none."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return fields[0], fields[19]
+        except (OSError, IndexError):
+            return None, None
+
+    def alive(self) -> bool:
+        if self.parent:
+            return os.getppid() == self.pid
+        state, started = self.stat()
+        return started is not None and started == self.started and state != "Z"
+
+
 def forward(spool: Spool, store: Store, parent_pid: int) -> int:
     """Carry `spool` to `store` until the run's end is delivered or the stage's process is gone."""
     carrier = Carrier(spool, store, system_metrics=True, stage_pid=parent_pid)
+    stage = StageProcess(parent_pid)
     backoff, down_since = 1.0, None
     while True:
-        stage_alive = os.getppid() == parent_pid
+        stage_alive = stage.alive()
         try:
             closed = carrier.step()
         except Exception as err:  # noqa: BLE001 -- any failure of the store: the events wait

@@ -136,7 +136,7 @@ def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfi
     run.write_config(methods.stage_config(cfg, stage), cfg.model_dump(mode="json"))
     attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.environ.update(job_environment(executor, dict(os.environ)))  # this launcher submits this one job
-    ex = make_executor(executor, run.submitit / attempt, code)
+    ex = make_executor(executor, run.submitit / attempt, code, warm_server(executor, code, results))
     ex.update_parameters(name=f"{stage}-{run.signature}")
     job_tags = {"signature": run.signature, "stage": stage, **(tags or {})}
     if parent:
@@ -144,6 +144,20 @@ def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfi
     job = StageJob(stage, cfg.model_dump(mode="json"), str(results.root), run.signature, parent, job_tags,
                    tracking_uri, executor.cpus_per_task, code=code.hash)
     return ex.submit(job)
+
+
+def warm_server(executor: ExecutorConfig, code: snapshot.Snapshot, results: Results):
+    """The warm server a local job hands itself to (harness.run.warm.WarmServer); None: the job
+    starts cold (Slurm, or `executor.warm: false`)."""
+    if executor.kind != "local" or not executor.warm:
+        return None
+    from harness.run.warm import WarmServer
+
+    try:
+        return WarmServer.of(results.root, code.root, dict(os.environ))
+    except OSError as err:  # no private folder for its socket: cold, and say why
+        print(f"[harness] warm starts off: {err}", file=sys.stderr, flush=True)
+        return None
 
 
 REATTACH_STALE_S = 10.0

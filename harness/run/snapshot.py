@@ -2,12 +2,12 @@
 
 At submission the launcher copies the package it imported (its .py files and package data;
 not __pycache__, compiled or hidden files) to `results/code/<hash>/harness/`, `<hash>` over the
-files' relative paths and bytes, and starts the job's Python with `results/code/<hash>` first
-on its import path. So an edit to the source after submission reaches only jobs submitted after
-it: a job waiting in the queue, one Slurm requeues (same sbatch script, same command) and one
-asked again to resume its checkpoint all import the code they were submitted with. Every run
-submitted with the same code shares one snapshot; an existing snapshot is reused, never
-rewritten (its files are read-only).
+files' relative paths and bytes (compiled there once), and starts the job's Python with
+`results/code/<hash>` first on its import path. So an edit to the source after submission
+reaches only jobs submitted after it: a job waiting in the queue, one Slurm requeues (same
+sbatch script, same command) and one asked again to resume its checkpoint all import the code
+they were submitted with. Every run submitted with the same code shares one snapshot; an
+existing snapshot is reused, never rewritten (its files are read-only).
 
 The run folder's `code.json` names the snapshot its checkpoint is written by: the launcher
 writes it when it submits a run that has no checkpoint, and a run with a checkpoint is
@@ -19,6 +19,7 @@ submitted again with the snapshot named there, never with today's code.
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -116,6 +117,11 @@ def take(code_root: Path, package: Path | None = None) -> Snapshot:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
             dest.chmod(0o444)  # never rewritten: jobs of other runs may be reading it
+        # its byte code, once: a job does not write it (PYTHONDONTWRITEBYTECODE, or the jobs of a
+        # read-only snapshot), and compiling the harness's modules cost every job its share
+        compileall.compile_dir(tmp, ddir=str(snap.root), quiet=2, workers=1)
+        for pyc in tmp.rglob("*.pyc"):
+            pyc.chmod(0o444)
         os.rename(tmp, snap.root)
     except OSError:
         if not snap.exists():  # not the lost race: a real failure (disk full, permissions)

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -239,11 +238,13 @@ class Forwarder:
     def start(cls, store: Store, run: RunFolder, stage: str) -> "Forwarder":
         """Start it now (a job starts it before its own imports: both start up side by side)."""
         from harness.core.fingerprint import package_root
+        from harness.run.warm import warm_command
 
         env = dict(os.environ)  # the same harness as this process: a job's snapshot
         env["PYTHONPATH"] = os.pathsep.join([str(package_root().parent), *filter(None, [env.get("PYTHONPATH")])])
-        cmd = [sys.executable, "-P", "-m", "harness.run.forwarder", "--run", str(run.path), "--stage", stage,
-               "--uri", store.uri, "--results", str(store.results.root), "--parent-pid", str(os.getpid())]
+        # forked from the job's warm server when the job was (harness.run.warm)
+        cmd = warm_command("harness.run.forwarder", "--run", str(run.path), "--stage", stage, "--uri", store.uri,
+                           "--results", str(store.results.root), "--parent-pid", str(os.getpid()))
         run.tracking.mkdir(parents=True, exist_ok=True)
         return cls(subprocess.Popen(cmd, env=env), Spool(run, stage))
 

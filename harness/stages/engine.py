@@ -130,7 +130,11 @@ def optimizer_and_schedule(params_or_model, opt_cfg: OptimConfig, n_train: int, 
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process started, by the kernel's clock of it (Linux); None elsewhere."""
+    """Seconds since this process started, by the kernel's clock of it (Linux); None elsewhere.
+    A warm-started job (harness.run.warm) counts from its client's start, the process submitit
+    started."""
+    if "HARNESS_JOB_STARTED" in os.environ:
+        return time.time() - float(os.environ["HARNESS_JOB_STARTED"])
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
             start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime

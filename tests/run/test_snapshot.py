@@ -3,6 +3,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,17 @@ def test_byte_code_and_hidden_files_are_not_the_code(tmp_path):
     (pkg / "core" / ".loss.py.swp").write_bytes(b"swap")
     assert code_hash(package_files(pkg)) == h
     snap = take(tmp_path / "code", pkg)
-    copied = sorted(p.relative_to(snap.root).as_posix() for p in snap.root.rglob("*") if p.is_file())
+    files = [p for p in snap.root.rglob("*") if p.is_file()]
+    copied = sorted(p.relative_to(snap.root).as_posix() for p in files if "__pycache__" not in p.parts)
     assert copied == ["harness/__init__.py", "harness/core/__init__.py", "harness/core/classes.txt",
                       "harness/core/loss.py"]
+    # its own byte code, compiled from what was copied (a job does not write it), read-only like the rest
+    compiled = sorted(p.relative_to(snap.root).as_posix() for p in files if "__pycache__" in p.parts)
+    tag = sys.implementation.cache_tag
+    assert compiled == [f"harness/__pycache__/__init__.{tag}.pyc", f"harness/core/__pycache__/__init__.{tag}.pyc",
+                        f"harness/core/__pycache__/loss.{tag}.pyc"]
+    loss = snap.root / "harness" / "core" / "__pycache__" / f"loss.{tag}.pyc"
+    assert loss.read_bytes() != b"\x00" * 16 and all(p.stat().st_mode & 0o222 == 0 for p in files)
 
 
 def test_a_snapshot_is_named_by_its_code_reused_and_never_rewritten(tmp_path):

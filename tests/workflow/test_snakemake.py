@@ -63,6 +63,9 @@ def test_table3_end_to_end_at_tiny_scale(table3_tiny):
     started = re.findall(r"^localrule (pretrain|linprobe|finetune):", out.stdout + "\n" + out.stderr, re.M)
     assert sorted(started) == ["finetune"] * 4 + ["linprobe"] * 4 + ["pretrain"] * 3
     assert started[:3] == ["pretrain"] * 3, started
+    # one warm server for the workflow's jobs (harness.run.warm): those after its first were its forks
+    logs = list((workdir / "results" / ".warm").glob("*.log"))
+    assert len(logs) == 1 and logs[0].read_text().count("-u -m submitit.core._submit") >= 1, logs
 
     # MLflow: one FINISHED run per stage run, named by what differs, tagged, nested, per-stage params
     import mlflow
