@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import importlib
@@ -150,6 +151,7 @@ def run_job(request: dict, fds: list[int], call: tuple[str, list[str], bool]) ->
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
+    os.umask(request["umask"])  # the launcher's (harness.core.files: run folders private)
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ["HARNESS_JOB_STARTED"] = repr(request["started"])  # its start is the client's
@@ -254,19 +256,21 @@ class Server:
                 conn.close()
 
     def accept(self) -> None:
-        conn, _ = self.listener.accept()
-        conn.settimeout(10)
         try:
+            conn, _ = self.listener.accept()
+            conn.settimeout(10)
             request, fds = read_request(conn)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError) as err:  # a client gone mid-request, a malformed one: it starts cold
             print(f"[warm] refused a request: {err}", flush=True)
-            conn.close()
+            if "conn" in locals():
+                conn.close()
             return
         call = module_call(request.get("argv", []))
         if call is None:  # not a module run: the client starts it cold
             for fd in fds:
                 os.close(fd)
-            conn.sendall(b"cold\n")
+            with contextlib.suppress(OSError):
+                conn.sendall(b"cold\n")
             conn.close()
             return
         sys.stdout.flush()
@@ -277,17 +281,22 @@ class Server:
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for fd in (self.listener.fileno(), self.wake_r, self.wake_w, conn.fileno(), self.lock.fileno(),
-                           *(c.fileno() for c in self.jobs.values())):
-                    os.close(fd)
+                for sock in (self.listener, conn, *self.jobs.values()):  # detached: never closed twice
+                    os.close(sock.detach())
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                self.lock.close()  # the server's lock is the server's: a job outliving it must not hold it
                 code = run_job(request, fds, call)
             finally:
                 end_of_job(code)
         for fd in fds:
             os.close(fd)
-        conn.settimeout(None)
-        conn.sendall(f"pid {pid}\n".encode())
-        self.jobs[pid] = conn
+        try:
+            conn.settimeout(None)
+            conn.sendall(f"pid {pid}\n".encode())
+        except OSError:  # its client died meanwhile: so does the job
+            os.kill(pid, signal.SIGKILL)
+        self.jobs[pid] = conn  # reaped below, whatever became of its client
         print(f"[warm] job {pid}: {' '.join(request['argv'])}", flush=True)
 
     def close(self) -> None:

@@ -2,10 +2,10 @@
 
     python -P <snapshot>/harness/run/warm_client.py <socket> <log> -u -m submitit.core._submit <folder>
 
-submitit's local controller runs this as the job's task (harness.run.warm explains why). It sends
-the server its arguments, working directory, environment, start time and standard streams, and
-stays the job for submitit: it forwards every signal it gets to the forked job, and exits as the
-job exits (its code, or its signal). When no server answers it starts one in the background
+submitit's local controller runs this as the job's task (harness.run.warm explains why). It
+sends the server its arguments, working directory, environment, umask, start time and standard
+streams, and stays the job for submitit: it forwards every signal it gets to the forked job,
+and exits as the job exits (its code, or its signal). When no server answers it starts one in the background
 (its output to <log>), unless one is starting already, and becomes the cold job itself (`python
 -P <arguments>`, same interpreter and environment), so a job never depends on one.
 
@@ -42,8 +42,10 @@ def hand_over(path: str, argv: list[str]):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "started": started(),
-                          "socket": path, "log": sys.argv[2]}).encode()
+    umask = os.umask(0o077)
+    os.umask(umask)
+    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+                          "started": started(), "socket": path, "log": sys.argv[2]}).encode()
     socket.send_fds(sock, [struct.pack("!I", len(request))], [0, 1, 2])
     sock.sendall(request)
     reader = sock.makefile("rb")  # one reader: a short job's exit may come in the same read as its pid
@@ -87,25 +89,42 @@ def start_server(path: str, log: str) -> None:
                          start_new_session=True)  # its own session: no stop of this job's group reaches it
 
 
+def die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def main() -> None:
     path, log, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+    job: list[int] = []  # its pid, once the server has forked it
+    early: list[int] = []  # signals that came before
+
+    def forward(signum, _frame):
+        if not job:
+            early.append(signum)
+            return
+        try:
+            os.kill(job[0], signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:  # before the hand-over: a stop that comes during it is not lost
+        signal.signal(signum, forward)
     try:
         pid, reader = hand_over(path, argv)
     except (OSError, ValueError):
+        if early:  # stopped before it started: as the cold job would have been, by that signal
+            die_of(early[0])
         try:
             start_server(path, log)
         except OSError:
             pass
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-P", *argv])  # cold: the job's own command
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
+    job.append(pid)
+    for signum in early:
+        forward(signum, None)
     line = reader.readline().split()
     if len(line) == 2 and line[0] == b"exit":
         status = int(line[1])
@@ -114,9 +133,7 @@ def main() -> None:
             time.sleep(0.2)
         status = 1 << 8
     if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        die_of(os.WTERMSIG(status))
     sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 

@@ -15,7 +15,8 @@ CLIENT = ROOT / "harness" / "run" / "warm_client.py"
 JOB = """
 import os, signal, sys, time
 mode = sys.argv[1]
-print("job", os.getpid(), os.getppid(), os.getcwd(), os.environ.get("WARM_TEST"), sys.argv[1:], flush=True)
+mask = os.umask(0)
+print("job", os.getpid(), os.getppid(), os.getcwd(), os.environ.get("WARM_TEST"), oct(mask), sys.argv[1:], flush=True)
 if mode == "exit":
     sys.exit(int(sys.argv[2]))
 if mode == "raise":
@@ -60,9 +61,9 @@ def client(tmp_path, sock, *args, cwd=None, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def fields(line: str) -> tuple[int, int, str, str]:
-    _, pid, ppid, cwd, value, *_ = line.split()
-    return int(pid), int(ppid), cwd, value
+def fields(line: str) -> tuple[int, int, str, str, str]:
+    _, pid, ppid, cwd, value, mask, *_ = line.split()
+    return int(pid), int(ppid), cwd, value, mask
 
 
 def test_a_handed_job_is_a_fork_of_the_server_with_the_clients_streams_directory_environment_and_status(
@@ -70,11 +71,11 @@ def test_a_handed_job_is_a_fork_of_the_server_with_the_clients_streams_directory
     sock, proc = server
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    job = client(tmp_path, sock, "exit", "3", cwd=elsewhere)
+    job = client(tmp_path, sock, "exit", "3", cwd=elsewhere, umask=0o027)
     out, err = job.communicate(timeout=30)
-    pid, ppid, cwd, value = fields(out.splitlines()[0])
+    pid, ppid, cwd, value, mask = fields(out.splitlines()[0])
     assert job.returncode == 3 and ppid == proc.pid and pid != job.pid  # forked by the server
-    assert (cwd, value) == (str(elsewhere), "asked")  # the client's directory and environment
+    assert (cwd, value, mask) == (str(elsewhere), "asked", "0o27")  # the client's directory, environment, umask
     job = client(tmp_path, sock, "raise")
     out, err = job.communicate(timeout=30)
     assert job.returncode == 1 and err.rstrip().endswith("RuntimeError: boom")  # its traceback on its stderr
