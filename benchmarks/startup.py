@@ -2,12 +2,12 @@
 
     python benchmarks/startup.py [--before /path/to/other/checkout] [--repeats 3]
 
-Each sample is what Snakemake runs for two stage runs of one workflow, in a fresh results
-folder: the launchers (`python -m harness.run.launch`) of Table 3's M=4 and then M=2
+Each sample is what Snakemake runs for three stage runs of one workflow, in a fresh results
+folder: the launchers (`python -m harness.run.launch`) of Table 3's M=4, M=1 and M=2
 pre-trainings at scale tiny, one epoch each (4 steps of 64 images), on the local executor with
-the sqlite store. The first job of a workflow starts cold; a checkout with warm starts
-(harness.run.warm) starts its server then, and the second job is timed once that server serves
-(a checkout without them: the second job starts cold too). For each job: from its launcher's
+the sqlite store. The first two jobs of a workflow start cold; in a checkout with warm starts
+(harness.run.warm) the second starts the server, and the third job is timed once that serves
+(a checkout without them: the third starts cold too). The first and the third are timed. For each job: from its launcher's
 start to the end of the first epoch (the run's progress.json appears: start-up plus 4 steps)
 and to the launcher's end (the result written, tracking delivered, the job reaped); and, where
 the checkout records it (progress.json's `startup_s`), the job's own start-up: from its
@@ -42,7 +42,7 @@ except ImportError:  # a checkout from before harness/workflow
     write_job_files = lambda plan: plan.write_job_files()
 plan = Plan("tiny", {"cpus_per_task": 2}, {"pretrain": {"epochs": 1}}, only=["table3"])
 jobs = []
-for setting in ("square M=4", "square M=2"):
+for setting in ("square M=4", "square M=1", "square M=2"):
     sig = next(s for s, r in plan.runs.items() if r.stage == "pretrain" and r.cells[0].setting == setting)
     jobs.append([plan.launch_args(sig, "pretrain"), job_args(plan, sig, "pretrain"), sig])
 write_job_files(plan)
@@ -82,6 +82,7 @@ def sample(repo: Path) -> list[tuple[float, float, float | None]]:
         jobs = json.loads(subprocess.run([sys.executable, "-c", WRITE_JOB], cwd=tmp, env=env, check=True,
                                          capture_output=True, text=True).stdout)
         times = [time_job(tmp, env, *jobs[0], repo)]
+        time_job(tmp, env, *jobs[1], repo)  # a second job starts the warm server, if the checkout has them
         logs = Path(tmp) / "results" / ".warm"
         deadline = time.time() + SERVING_WAIT_S
         while logs.exists() and not any("serving" in log.read_text() for log in logs.glob("*.log")):
@@ -89,7 +90,7 @@ def sample(repo: Path) -> list[tuple[float, float, float | None]]:
                 raise SystemExit(f"{repo}: no warm server served within {SERVING_WAIT_S:g} s: "
                                  + " ".join(log.read_text() for log in logs.glob("*.log")))
             time.sleep(0.1)
-        times.append(time_job(tmp, env, *jobs[1], repo))
+        times.append(time_job(tmp, env, *jobs[2], repo))
     return times
 
 
@@ -108,7 +109,7 @@ def main() -> None:
     print(f"{'checkout':<14} {'job':<22} {'job: process start to first step':>34} {'to the first epoch end':>24} "
           f"{'to the launcher end':>22}")
     for name, samples in times.items():
-        for k, job in enumerate(("first (cold)", "second (warm if any)")):
+        for k, job in enumerate(("first (cold)", "third (warm if any)")):
             cols = []
             for i in (2, 0, 1):
                 values = [s[k][i] for s in samples if s[k][i] is not None]

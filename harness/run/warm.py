@@ -11,8 +11,9 @@ streams) to the server, whose child becomes the job: it takes the client's strea
 and environment and runs `python -u -m submitit.core._submit <folder>` in-process. The client
 forwards signals to it and exits with its status, so submitit, the launcher's stop and
 Snakemake see the job as before. No server answering (not started yet, still importing, gone),
-the client starts one in the background and execs the job's own cold command: a server only
-ever saves time, and only a workflow's first jobs start cold.
+the client execs the job's own cold command, and starts a server in the background unless it is
+the first job to ask (a lone job does not pay for one): a server only ever saves time, and only
+a workflow's first jobs start cold.
 
 The server never runs a torch computation, so no OpenMP team or CUDA context exists when it
 forks (it checks that its imports started no thread but numpy's and Arrow's pools, which stop at

@@ -5,9 +5,10 @@
 submitit's local controller runs this as the job's task (harness.run.warm explains why). It
 sends the server its arguments, working directory, environment, umask, start time and standard
 streams, and stays the job for submitit: it forwards every signal it gets to the forked job,
-and exits as the job exits (its code, or its signal). When no server answers it starts one in the background
-(its output to <log>), unless one is starting already, and becomes the cold job itself (`python
--P <arguments>`, same interpreter and environment), so a job never depends on one.
+and exits as the job exits (its code, or its signal). When no server answers it starts one in
+the background (its output to <log>), unless one is starting already or this is the first job
+to ask, and becomes the cold job itself (`python -P <arguments>`, same interpreter and
+environment), so a job never depends on one.
 
 Standard library only, run as a file: it starts in milliseconds and imports nothing of the
 harness.
@@ -68,9 +69,16 @@ def alive(pid: int) -> bool:
 
 def start_server(path: str, log: str) -> None:
     """Start the server of `path` in the background, unless one holds its lock (importing, or
-    serving but too busy to answer)."""
+    serving but too busy to answer), or unless this is the first job to ask (no `log` yet): a
+    lone job does not pay for a server's imports (seconds of CPU beside it); the next one starts it."""
     import subprocess
 
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    try:
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        return  # the first: its log marks that a workflow has begun here
+    except FileExistsError:
+        pass
     try:
         fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -82,7 +90,6 @@ def start_server(path: str, log: str) -> None:
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith(PER_JOB)}
     snapshot = env.get("PYTHONPATH", "").split(os.pathsep)[0]
-    os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "ab") as out:
         subprocess.Popen([sys.executable, "-P", "-m", "harness.run.warm", "--socket", path, "--watch", snapshot],
                          env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
