@@ -90,7 +90,7 @@ class WarmServer:
         mine = folder.stat()
         if mine.st_uid != os.getuid() or mine.st_mode & 0o077:  # another user's: never hand a job there
             raise PermissionError(f"{folder} is not this user's alone")
-        return cls(folder / f"{key}.sock", Path(results_root) / ".warm" / f"{key}.log")
+        return cls(folder / f"{key}.sock", Path(results_root).resolve() / ".warm" / f"{key}.log")
 
     def client(self) -> str:
         """What follows `python -P` in a job's command: the client, given the socket and log."""
