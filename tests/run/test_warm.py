@@ -232,3 +232,27 @@ def test_a_forked_forwarder_follows_its_stage_that_is_not_its_parent():
     stage.wait()
     assert not seen.alive()
     assert StageProcess(os.getppid()).parent and StageProcess(os.getppid()).alive()
+
+
+def test_local_jobs_get_a_warm_server_slurm_jobs_and_warm_false_do_not(tmp_path, monkeypatch):
+    from harness.core.layout import Results
+    from harness.run.executor import ExecutorConfig, make_executor
+    from harness.run.launch import warm_server
+    from harness.run.snapshot import take
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    results = Results(tmp_path / "results")
+    code = take(results.code)
+    assert warm_server(ExecutorConfig(kind="slurm"), code, results) is None
+    assert warm_server(ExecutorConfig(warm=False), code, results) is None
+    server = warm_server(ExecutorConfig(), code, results)
+    assert server.socket.parent == tmp_path / "run" / f"randsac-warm-{os.getuid()}" and server.socket.suffix == ".sock"
+    assert server.log.parent == (tmp_path / "results" / ".warm").resolve()
+    assert server == warm_server(ExecutorConfig(), code, results)  # every launcher of the workflow: the same one
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # what torch's OpenMP reads at import: another server
+    assert warm_server(ExecutorConfig(), code, results) != server
+    python = make_executor(ExecutorConfig(), tmp_path / "sub", code, server)._executor.python
+    assert python.startswith(code.python()) and python.endswith(server.client())
+    os.chmod(tmp_path / "run" / f"randsac-warm-{os.getuid()}", 0o755)  # not private: no warm start
+    assert warm_server(ExecutorConfig(), code, results) is None
