@@ -9,6 +9,7 @@
       mlflow.db           the default MLflow store (sqlite); mlartifacts/ its artifacts
       .launch/            <stage>-<signature>-<hash>.json: what a stage job is launched with
       .slurm/             queue-<user>.json: the Slurm queue as the waiting launchers share it
+      .warm/              <key>.log: a warm server's log, one line per job it forked (harness.run.warm)
       tables/             <table>.md|.tex|.csv
       preflight/          <target>.md|.csv: the last preflight of a target (a few steps of every run)
       tune/<search>/      Optuna searches: journal, trials, best.yaml
@@ -118,6 +119,11 @@ class Results:
     def slurm_queue(self) -> Path:
         """The workflow's shared view of the Slurm queue (harness.run.watcher): queue-<user>.json and its lock."""
         return self.root / ".slurm"
+
+    @property
+    def warm(self) -> Path:
+        """The logs of the warm servers that fork local jobs (harness.run.warm): <key>.log."""
+        return self.root / ".warm"
 
     @property
     def launch(self) -> Path:

@@ -154,7 +154,7 @@ def warm_server(executor: ExecutorConfig, code: snapshot.Snapshot, results: Resu
     from harness.run.warm import WarmServer
 
     try:
-        return WarmServer.of(results.root, code.root, dict(os.environ))
+        return WarmServer.of(results, code.root, dict(os.environ))
     except OSError as err:  # no private folder for its socket: cold, and say why
         print(f"[harness] warm starts off: {err}", file=sys.stderr, flush=True)
         return None

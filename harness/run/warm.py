@@ -47,6 +47,10 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.core.layout import Results
 
 # What every stage job imports before its first step (the rest it imports itself)
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "PIL.Image", "submitit.core.submission",
@@ -78,19 +82,19 @@ class WarmServer:
     log: Path
 
     @classmethod
-    def of(cls, results_root: Path, snapshot_root: Path, env: dict[str, str],
+    def of(cls, results: "Results", snapshot_root: Path, env: dict[str, str],
            executable: str = sys.executable) -> "WarmServer":
         """The socket is a short path (a Unix socket's is at most 107 bytes) in a folder only
         this user can enter, named by a hash of what the server's imports depend on."""
         kept = sorted((k, v) for k, v in env.items() if not k.startswith(PER_JOB))
-        key = hashlib.sha256(json.dumps([executable, str(Path(results_root).resolve()), str(snapshot_root), kept])
+        key = hashlib.sha256(json.dumps([executable, str(results.root.resolve()), str(snapshot_root), kept])
                              .encode()).hexdigest()[:20]
         folder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"randsac-warm-{os.getuid()}"
         folder.mkdir(mode=0o700, exist_ok=True)
         mine = folder.stat()
         if mine.st_uid != os.getuid() or mine.st_mode & 0o077:  # another user's: never hand a job there
             raise PermissionError(f"{folder} is not this user's alone")
-        return cls(folder / f"{key}.sock", Path(results_root).resolve() / ".warm" / f"{key}.log")
+        return cls(folder / f"{key}.sock", results.warm.resolve() / f"{key}.log")
 
     def client(self) -> str:
         """What follows `python -P` in a job's command: the client, given the socket and log."""
