@@ -42,8 +42,9 @@ class ExecutorConfig(BaseModel):
     # a fifth of its speed beside another on shared cores; 1000 keeps three fifths there and
     # costs a fifth alone (docs/findings.md, "Two torch jobs on one CPU")
     gomp_spincount: int | None = Field(None, ge=0)
-    # local jobs start as forks of a warm Python that has imported torch and the harness
-    # (harness.run.warm): about 3 s less per job; false: each job a fresh Python
+    # local jobs (and their tracking forwarders) start as forks of a warm Python that has
+    # imported torch, MLflow and the harness (harness.run.warm): a tiny job's launcher ends in
+    # 3.4 s instead of 9.2 (docs/findings.md); false: each job a fresh Python
     warm: bool = True
     tasks_per_node: int = Field(1, gt=0)  # data-parallel processes per node (one per GPU)
     nodes: int = Field(1, gt=0)

@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
@@ -32,6 +33,9 @@ from harness.core.files import keep_run_folders_private, run_folder_umask, user_
 from harness.core.layout import Results, RunFolder
 from harness.core.stages import STAGES
 from harness.science import methods
+
+if TYPE_CHECKING:
+    from harness.run.warm import WarmServer
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -146,7 +150,7 @@ def submit(stage: str, cfg: RunConfig, results: Results, executor: ExecutorConfi
     return ex.submit(job)
 
 
-def warm_server(executor: ExecutorConfig, code: snapshot.Snapshot, results: Results):
+def warm_server(executor: ExecutorConfig, code: snapshot.Snapshot, results: Results) -> "WarmServer | None":
     """The warm server a local job hands itself to (harness.run.warm.WarmServer); None: the job
     starts cold (Slurm, or `executor.warm: false`)."""
     if executor.kind != "local" or not executor.warm:
