@@ -49,6 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# set by the submitting side, read at job time: not what a server's imports depend on (the
+# client leaves them out of the server's environment too)
+from harness.run.warm_client import PER_JOB
+
 if TYPE_CHECKING:
     from harness.core.layout import Results
 
@@ -68,9 +72,6 @@ PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "PIL.Image", "submi
 FORK_SAFE_POOLS = ("numpy", "pyarrow")
 CLIENT = Path(__file__).with_name("warm_client.py")
 IDLE_S = 60.0
-# set by the submitting side, read at job time: not what a server's imports depend on (the
-# client leaves them out of the server's environment too)
-PER_JOB = ("SUBMITIT_", "CUDA_VISIBLE_DEVICES", "SLURM_")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 
-PER_JOB = ("SUBMITIT_", "CUDA_VISIBLE_DEVICES", "SLURM_")  # as harness.run.warm's: not the server's
+PER_JOB = ("SUBMITIT_", "CUDA_VISIBLE_DEVICES", "SLURM_")  # set per job: not the server's (harness.run.warm)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGCONT)
 
