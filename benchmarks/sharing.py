@@ -8,13 +8,17 @@ setting of the OpenMP runtime's environment it measures, side by side in this on
   - one job alone with every core (what a table run alone gets);
   - two such jobs at once (a user's tests beside a training table, two pytest workers, a Slurm
     node that packs two jobs);
-  - two jobs at once with one thread each (the local executor's `jobs: 2`).
+  - two jobs at once with one thread each (the local executor's `jobs: 2`);
+  - one job alone, and two at once, with every core, each step in a turn of the CPU (what the
+    harness's stage jobs do, harness.stages.turns: a job holds its cores for 0.2 s of steps at a
+    time, then queues behind the other).
+It also times a turn taken and given back with nobody else waiting (what a job alone pays).
 OpenMP's wait policy (`OMP_WAIT_POLICY`) says what a thread does at a barrier: `active` spins,
 `passive` sleeps; GNU OpenMP's `GOMP_SPINCOUNT` says how long it spins before it sleeps
 (default 300,000 spins). Both must be set before the OpenMP runtime starts, so every job is a
 fresh process with the setting in its environment; `default` sets neither. Prints images per
-second of each job and its share of the speed alone of that setting and of `default`. No
-threshold is asserted.
+second of each job and its share of the speed alone (without turns) of that setting and of
+`default`. No threshold is asserted.
 """
 from __future__ import annotations
 
@@ -25,25 +29,30 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def job(seconds: float, batch: int, threads: int) -> None:
-    """One training job: print its images per second over `seconds` after a warm-up, as JSON."""
+def job(seconds: float, batch: int, threads: int, turns: bool) -> None:
+    """One training job: print its images per second over `seconds` after a warm-up, as JSON;
+    with `turns`, each step in a turn of the CPU (harness.stages.turns), as a stage's are."""
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
     from throughput import Bench
 
     from harness.plan import studies
+    from harness.stages import turns as cpu_turns
 
     torch.set_num_threads(threads)
     cfg = next(c.config for c in studies.expand(studies.load_study("table3"), "smoke", controls=False)
                if c.config.segments.size == 2)
     step = Bench(cfg, torch.device("cpu"), batch).synthetic()
+    cpu = cpu_turns.for_cpu(turns)
     for _ in range(3):
-        step()
+        with cpu.turn(threads):
+            step()
     start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+    for _ in cpu.each(iter(lambda: time.perf_counter() - start < seconds, False), threads):
         step()
         steps += 1
     print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}))
@@ -52,20 +61,35 @@ def job(seconds: float, batch: int, threads: int) -> None:
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def run_jobs(n: int, threads: int, setting: str, seconds: float, batch: int) -> list[float]:
-    """Start `n` jobs at once with `setting` ("default" or NAME=VALUE) in their environment;
-    their images per second."""
+def run_jobs(n: int, threads: int, turns: bool, setting: str, seconds: float, batch: int) -> list[float]:
+    """Start `n` jobs at once with `setting` ("default" or NAME=VALUE) in their environment, each
+    step in a turn of the CPU or not; their images per second."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP}
     if setting != "default":
         name, _, value = setting.partition("=")
         env[name] = value
     cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
-           "--threads", str(threads)]
+           "--threads", str(threads), *(["--turns"] if turns else [])]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"a job failed: {outs}")
     return [json.loads(o.strip().splitlines()[-1])["rate"] for o in outs]
+
+
+def uncontended_turn_us(repeats: int = 2000) -> float:
+    """Microseconds to take a turn of every core and give it back, with nobody else waiting."""
+    import tempfile
+
+    from harness.stages.turns import CpuTurns
+
+    with tempfile.TemporaryDirectory() as folder:
+        turns = CpuTurns(Path(folder), os.cpu_count() or 1)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            with turns.turn(os.cpu_count() or 1):
+                pass
+        return (time.perf_counter() - start) / repeats * 1e6
 
 
 def main() -> None:
@@ -78,29 +102,37 @@ def main() -> None:
     ap.add_argument("--envs", nargs="+", default=["default", "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=10000"],
                     help="OpenMP settings to compare: default, or NAME=VALUE")
     ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
-        job(args.seconds, args.batch, args.threads)
+        job(args.seconds, args.batch, args.threads, args.turns)
         return
     t = args.threads
-    cases = [(f"1 job, {t} threads", 1, t), (f"2 jobs, {t} threads each", 2, t), ("2 jobs, 1 thread each", 2, 1)]
+    cases = [(f"1 job, {t} threads", 1, t, False), (f"2 jobs, {t} threads each", 2, t, False),
+             ("2 jobs, 1 thread each", 2, 1, False), (f"1 job, {t} threads, turns", 1, t, True),
+             (f"2 jobs, {t} threads, turns", 2, t, True)]
     rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for setting in args.envs:
-            for name, n, threads in cases:
-                rates.setdefault((setting, name), []).extend(run_jobs(n, threads, setting, args.seconds, args.batch))
+            for name, n, threads, turns in cases:
+                rates.setdefault((setting, name), []).extend(
+                    run_jobs(n, threads, turns, setting, args.seconds, args.batch))
     print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "
           f"{args.seconds:g} s per job after warm-up; {args.repeats} round(s), medians over rounds and jobs")
     print(f"{'setting':<24} {'case':<26} {'img/s per job':>14} {'range':>15} {'of alone':>9} {'of default alone':>17}")
     alone = {setting: statistics.median(rates[(setting, cases[0][0])]) for setting in args.envs}
     reference = alone.get("default")
     for setting in args.envs:
-        for name, _, _ in cases:
+        for name, *_ in cases:
             values = rates[(setting, name)]
             median = statistics.median(values)
             of_default = f"{median / reference:.0%}" if reference else ""
             print(f"{setting:<24} {name:<26} {median:14.1f} {f'{min(values):.0f}-{max(values):.0f}':>15} "
                   f"{median / alone[setting]:9.0%} {of_default:>17}", flush=True)
+    from harness.stages.turns import CpuTurns
+
+    print(f"a turn of every core taken and given back, nobody waiting: {uncontended_turn_us():.1f} us "
+          f"(a job takes one every {CpuTurns.quantum_s:g} s of steps)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The benchmark script runs end to end on the CPU (a handful of steps; no time is asserted)."""
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +47,17 @@ def test_tracking_load_counts_every_write_of_every_job():
     row = json.loads(out.stdout.splitlines()[0])
     assert row["n"] == 3 and row["jobs_missing"] == 0 and row["runs_lost"] == 0 and row["runs_duplicated"] == 0
     assert row["calls"] >= 3 * (1 + 4 + 2 + 2) and row["p50_ms"] > 0  # open, 4 epochs, 2 samples, artifact, end
+
+
+def test_sharing_measures_every_case_and_the_price_of_a_turn(tmp_path):
+    # The turns of these jobs are the benchmark's own, away from the other worker's stage jobs.
+    env = {**os.environ, "HARNESS_CPU_TURNS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "benchmarks/sharing.py", "--seconds", "0.3", "--batch", "2", "--threads", "2",
+                          "--envs", "default"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("default ")]
+    cases = ["1 job, 2 threads", "2 jobs, 2 threads each", "2 jobs, 1 thread each", "1 job, 2 threads, turns",
+             "2 jobs, 2 threads, turns"]
+    assert [next(c for c in cases if f" {c} " in row) for row in rows] == cases, out.stdout
+    assert all(float(re.search(r" (\d+\.\d) +\d+-\d+ ", row).group(1)) > 0 for row in rows), out.stdout
+    assert "nobody waiting:" in out.stdout and list(tmp_path.iterdir()), out.stdout  # the jobs took turns there

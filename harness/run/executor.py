@@ -10,6 +10,7 @@ import submitit
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.run import slurm
+from harness.stages import turns
 
 if TYPE_CHECKING:
     from harness.run.snapshot import Snapshot
@@ -22,10 +23,11 @@ class ExecutorError(ValueError):
 
 def job_environment(executor: "ExecutorConfig", env: dict[str, str]) -> dict[str, str]:
     """What a stage job adds to `env` (the launcher's, which submitit's local job inherits and
-    sbatch exports): OpenMP's wait, when the user has not set it."""
-    if executor.gomp_spincount is None or {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
-        return {}
-    return {"GOMP_SPINCOUNT": str(executor.gomp_spincount)}
+    sbatch exports): OpenMP's wait, when the user has not set it; no CPU turns, when turned off."""
+    added = {} if executor.cpu_turns else {turns.ENV: "0"}
+    if executor.gomp_spincount is not None and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
+        added["GOMP_SPINCOUNT"] = str(executor.gomp_spincount)
+    return added
 
 
 class ExecutorConfig(BaseModel):
@@ -36,11 +38,16 @@ class ExecutorConfig(BaseModel):
     partition: str | None = None
     gpus_per_node: int = Field(0, ge=0)
     cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
+    # a CPU job computes each batch in a turn of its cores, shared with the harness's other jobs
+    # on the same cores, by lock files (harness.stages.turns): two 2-thread jobs on 2 cores keep
+    # about half their speed alone each instead of a fifth, and a job alone loses nothing
+    # (docs/findings.md, "Two torch jobs on one CPU"); false: jobs compute side by side
+    cpu_turns: bool = True
     # GNU OpenMP's spins at a barrier before a waiting thread sleeps, put in every job's
     # environment unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set there already (the user's
     # word wins); None: OpenMP's own (300,000), which costs a multi-thread job nothing alone but
-    # a fifth of its speed beside another on shared cores; 1000 keeps three fifths there and
-    # costs a fifth alone (docs/findings.md, "Two torch jobs on one CPU")
+    # most of its speed beside a job that does not take turns on shared cores; 1000 keeps three
+    # fifths there and costs a fifth alone (docs/findings.md, "Two torch jobs on one CPU")
     gomp_spincount: int | None = Field(None, ge=0)
     # local jobs (and their tracking forwarders) start as forks of a warm Python that has
     # imported torch, MLflow and the harness (harness.run.warm): a tiny job's launcher ends in

@@ -30,7 +30,8 @@ from harness.core.stages import OptimConfig
 from harness.core.errors import StageStopped
 from harness.stages.data import EpochOrder, SeededItems, epoch_seed, rank_seed
 from harness.stages.device_data import DeviceSet
-from harness.stages.distributed import Dist
+from harness.stages import turns
+from harness.stages.distributed import SINGLE, Dist
 
 
 class NonFiniteLoss(RuntimeError):
@@ -143,6 +144,13 @@ def process_age_s() -> float | None:
         return None
 
 
+def taking_turns(items: Iterable, device: torch.device, dist: Dist = SINGLE) -> Iterable:
+    """`items`, each used in a turn of a CPU shared with other jobs (harness.stages.turns) with
+    this process's threads; on a GPU, or with several ranks (whose collectives must not wait
+    for a turn a sibling holds), as they are."""
+    return turns.for_cpu(device.type == "cpu" and not dist.active).each(items, torch.get_num_threads())
+
+
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}: stopping this stage")
@@ -158,7 +166,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def accuracy(model: torch.nn.Module, batches: Iterable, device: torch.device) -> float:
     model.eval()
     correct = total = 0
-    for imgs, labels in batches:
+    for imgs, labels in taking_turns(batches, device):
         imgs, labels = imgs.to(device), labels.to(device)
         with autocast(device):
             logits = model(imgs)
@@ -316,7 +324,7 @@ def train_one_epoch(ctx, task: Task, epoch: int, batches: Iterable, per_epoch: i
     sums: dict[str, float] = dict(position["sums"]) if first else {}
     count = first
     task.module.train()
-    for step, batch in enumerate(batches, start=first):
+    for step, batch in enumerate(taking_turns(batches, device, dist), start=first):
         batch = to_device(batch, device)
         if ctx.meter is not None:  # a preflight times the data and the compute of each step apart
             ctx.meter.fetched()

@@ -24,7 +24,7 @@ from harness.stages.context import StageContext
 def extract(encoder: Encoder, ds, device: torch.device) -> TensorDataset:
     encoder.eval()
     feats, labels = [], []
-    for imgs, y in engine.eval_loader(ds):
+    for imgs, y in engine.taking_turns(engine.eval_loader(ds), device):
         with engine.autocast(device):
             feats.append(encoder.features(imgs.to(device)).float().cpu())
         labels.append(y)

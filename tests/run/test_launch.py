@@ -72,7 +72,7 @@ def test_a_failed_job_is_reported_by_its_own_last_error_line():
 def test_jobs_get_the_executors_openmp_spin_unless_the_user_set_a_wait(tmp_path, tiny_cfg, monkeypatch):
     """A job's environment holds GOMP_SPINCOUNT when the executor asks for one and neither OpenMP
     wait variable is set; the launcher puts it there before submitit starts or sbatch exports
-    the job. By default OpenMP's own wait stays."""
+    the job. By default OpenMP's own wait stays; jobs take CPU turns unless the executor says not to."""
     import os
 
     from harness.core.layout import Results
@@ -80,6 +80,7 @@ def test_jobs_get_the_executors_openmp_spin_unless_the_user_set_a_wait(tmp_path,
     from harness.run.executor import ExecutorConfig, job_environment
 
     assert job_environment(ExecutorConfig(), {}) == {}
+    assert job_environment(ExecutorConfig(cpu_turns=False), {}) == {"HARNESS_CPU_TURNS": "0"}
     assert job_environment(ExecutorConfig(gomp_spincount=1000), {}) == {"GOMP_SPINCOUNT": "1000"}
     assert job_environment(ExecutorConfig(gomp_spincount=20000), {"PATH": "/bin"}) == {"GOMP_SPINCOUNT": "20000"}
     for users in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "300000"}):
