@@ -28,13 +28,16 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
-def job(seconds: float, batch: int, threads: int, turns: bool) -> None:
+def job(seconds: float, batch: int, threads: int, turns: bool, start_line: Path, jobs: int) -> None:
     """One training job: print its images per second over `seconds` after a warm-up, as JSON;
-    with `turns`, each step in a turn of the CPU (harness.stages.turns), as a stage's are."""
+    with `turns`, each step in a turn of the CPU (harness.stages.turns), as a stage's are. The
+    `jobs` jobs of a case start their timed steps together (a file each in `start_line`): one
+    job's imports (seconds of CPU) must not fall in the other's timed window."""
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -51,6 +54,9 @@ def job(seconds: float, batch: int, threads: int, turns: bool) -> None:
     for _ in range(3):
         with cpu.turn(threads):
             step()
+    (start_line / str(os.getpid())).touch()
+    while len(list(start_line.iterdir())) < jobs:
+        time.sleep(0.001)
     start, steps = time.perf_counter(), 0
     for _ in cpu.each(iter(lambda: time.perf_counter() - start < seconds, False), threads):
         step()
@@ -68,10 +74,12 @@ def run_jobs(n: int, threads: int, turns: bool, setting: str, seconds: float, ba
     if setting != "default":
         name, _, value = setting.partition("=")
         env[name] = value
-    cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
-           "--threads", str(threads), *(["--turns"] if turns else [])]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    outs = [p.communicate()[0] for p in procs]
+    with tempfile.TemporaryDirectory() as start_line:
+        cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
+               "--threads", str(threads), "--start-line", start_line, "--jobs", str(n),
+               *(["--turns"] if turns else [])]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"a job failed: {outs}")
     return [json.loads(o.strip().splitlines()[-1])["rate"] for o in outs]
@@ -79,8 +87,6 @@ def run_jobs(n: int, threads: int, turns: bool, setting: str, seconds: float, ba
 
 def uncontended_turn_us(repeats: int = 2000) -> float:
     """Microseconds to take a turn of every core and give it back, with nobody else waiting."""
-    import tempfile
-
     from harness.stages.turns import CpuTurns
 
     with tempfile.TemporaryDirectory() as folder:
@@ -98,23 +104,30 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="the smoke recipe's pre-training batch")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a job alone")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="rounds over the settings, alternating (this VM's speed drifts); medians printed")
+                    help="rounds over the settings, each from another case (this VM's speed drifts); medians "
+                         "printed; 5 puts every case once in every position")
     ap.add_argument("--envs", nargs="+", default=["default", "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=10000"],
                     help="OpenMP settings to compare: default, or NAME=VALUE")
     ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--start-line", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
-        job(args.seconds, args.batch, args.threads, args.turns)
+        job(args.seconds, args.batch, args.threads, args.turns, args.start_line, args.jobs)
         return
     t = args.threads
-    cases = [(f"1 job, {t} threads", 1, t, False), (f"2 jobs, {t} threads each", 2, t, False),
-             ("2 jobs, 1 thread each", 2, 1, False), (f"1 job, {t} threads, turns", 1, t, True),
+    cases = [(f"1 job, {t} threads", 1, t, False), (f"1 job, {t} threads, turns", 1, t, True),
+             (f"2 jobs, {t} threads each", 2, t, False), ("2 jobs, 1 thread each", 2, 1, False),
              (f"2 jobs, {t} threads, turns", 2, t, True)]
     rates: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats):
         for setting in args.envs:
-            for name, n, threads, turns in cases:
+            # each round starts at another case (this VM's speed drifts with what ran just before,
+            # and its host slows it after some time at full load): over len(cases) rounds each
+            # case runs once in every position
+            k = round_ % len(cases)
+            for name, n, threads, turns in cases[k:] + cases[:k]:
                 rates.setdefault((setting, name), []).extend(
                     run_jobs(n, threads, turns, setting, args.seconds, args.batch))
     print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "

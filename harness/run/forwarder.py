@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.core import processes
 from harness.core.files import shared_files, write_text_atomic
 from harness.core.layout import Results, RunFolder
 from harness.run.spool import Spool, spools
@@ -173,22 +174,13 @@ class StageProcess:
 
     def __init__(self, pid: int):
         self.pid, self.parent = pid, os.getppid() == pid
-        self.started = None if self.parent else self.stat()[1]
-
-    def stat(self) -> tuple[str, str] | tuple[None, None]:
-        """(state, start time) of the pid, from /proc; (None, None) when it has none."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return fields[0], fields[19]
-        except (OSError, IndexError):
-            return None, None
+        self.started = None if self.parent else processes.stat(pid)
 
     def alive(self) -> bool:
         if self.parent:
             return os.getppid() == self.pid
-        state, started = self.stat()
-        return started is not None and started == self.started and state != "Z"
+        now = processes.stat(self.pid)  # (state, start time): the same process, and not a zombie
+        return now is not None and self.started is not None and now[1] == self.started[1] and now[0] != "Z"
 
 
 def forward(spool: Spool, store: Store, parent_pid: int) -> int:

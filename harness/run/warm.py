@@ -21,7 +21,8 @@ a fork and start again in the child, and serves nothing otherwise); each job set
 threads. A job's tracking forwarder (harness.run.forwarder: MLflow's import) is forked from the
 same server: the job finds it in HARNESS_WARM. OpenMP reads its environment when torch is loaded, so the environment is part of
 the server's key: a job with another OMP_*/GOMP_* setting gets another server. A server ends
-once it has had no job for `idle_s`, or when its snapshot is removed.
+once it has had no job for `idle_s`, neither a fork of its own nor a job of its workflow that
+started cold (warm_client.mark_cold), or when its snapshot is removed.
 
     python -P -m harness.run.warm --socket <path> [--idle-s 60]   (a job's client starts it)
 """
@@ -232,10 +233,27 @@ class Server:
                             pass
             if self.listener in ready:
                 self.accept()
-            if self.jobs:
+            if self.jobs or self.cold_jobs():
                 last = time.monotonic()
             elif time.monotonic() - last > self.idle_s or (self.watch is not None and not self.watch.exists()):
                 return
+
+    def cold_jobs(self) -> bool:
+        """Whether a job of this socket's workflow that started cold still runs (its client's
+        mark, harness.run.warm_client.mark_cold, still locked); the marks of ended ones go."""
+        for mark in self.path.parent.glob(f"{self.path.name}.cold-*"):
+            try:
+                fd = os.open(mark, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+            mark.unlink(missing_ok=True)
+        return False
 
     @staticmethod
     def gone(conn: socket.socket) -> bool:

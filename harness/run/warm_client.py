@@ -96,6 +96,18 @@ def start_server(path: str, log: str) -> None:
                          start_new_session=True)  # its own session: no stop of this job's group reaches it
 
 
+def mark_cold(path: str) -> None:
+    """Mark this job, about to start cold, for the server of `path` (started now or later): a
+    shared lock on `<path>.cold-<pid>`, held through the exec until the job ends. A server does
+    not end for want of jobs while a cold one of its workflow runs; without this, two long cold
+    jobs side by side outlast its idle time and the job after them starts cold again."""
+    mark = f"{path}.cold-{os.getpid()}"
+    fd = os.open(f"{mark}.new", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.rename(f"{mark}.new", mark)  # a server sees it locked or not at all
+    os.set_inheritable(fd, True)
+
+
 def die_of(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -123,6 +135,7 @@ def main() -> None:
         if early:  # stopped before it started: as the cold job would have been, by that signal
             die_of(early[0])
         try:
+            mark_cold(path)
             start_server(path, log)
         except OSError:
             pass

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from harness.core import metrics as names
+from harness.core import processes
 from harness.core.config import RunConfig
 from harness.core.stages import OptimConfig
 from harness.core.errors import StageStopped
@@ -136,12 +137,7 @@ def process_age_s() -> float | None:
     started."""
     if "HARNESS_JOB_STARTED" in os.environ:
         return time.time() - float(os.environ["HARNESS_JOB_STARTED"])
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
+    return processes.age_s()
 
 
 def taking_turns(items: Iterable, device: torch.device, dist: Dist = SINGLE) -> Iterable:

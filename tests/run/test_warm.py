@@ -147,6 +147,24 @@ def test_a_second_server_on_the_same_socket_leaves_and_an_idle_one_ends(tmp_path
     assert quick.returncode == 0 and not idle.exists()  # it served no one, ended, and took its socket away
 
 
+def test_an_idle_server_stays_while_a_cold_job_of_its_workflow_runs(tmp_path):
+    """Two long cold jobs side by side must not make their workflow's server end (and the next
+    job start cold): each cold job marks itself until it ends, however it ends."""
+    (tmp_path / "warmjob.py").write_text(JOB)
+    sock = tmp_path / "w.sock"
+    cold = client(tmp_path, sock, "sleep")  # the workflow's first job: it starts no server
+    assert cold.stdout.readline().startswith("job")  # started cold (no server), and sleeps
+    assert [m.name for m in tmp_path.glob("w.sock.cold-*")] == [f"w.sock.cold-{cold.pid}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    idle = subprocess.Popen([sys.executable, "-P", "-m", "harness.run.warm", "--socket", str(sock), "--preload",
+                             "json", "--idle-s", "0.5"], env=env)
+    time.sleep(3)
+    assert idle.poll() is None  # six idle times, kept by the cold job
+    cold.kill()
+    cold.wait(10)
+    assert idle.wait(30) == 0 and not list(tmp_path.glob("w.sock.cold-*"))  # then it ends, and clears the mark
+
+
 def test_a_server_with_a_thread_serves_nothing(tmp_path):
     """A thread at the fork could hold a lock the child then waits on for ever (an OpenMP team
     that ran a computation): such a server refuses, and its jobs start cold."""
