@@ -56,7 +56,7 @@ def test_sharing_measures_every_case_and_the_price_of_a_turn(tmp_path):
                           "--envs", "default"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("default ")]
-    cases = ["1 job, 2 threads", "2 jobs, 2 threads each", "2 jobs, 1 thread each", "1 job, 2 threads, turns",
+    cases = ["1 job, 2 threads", "1 job, 2 threads, turns", "2 jobs, 2 threads each", "2 jobs, 1 thread each",
              "2 jobs, 2 threads, turns"]
     assert [next(c for c in cases if f" {c} " in row) for row in rows] == cases, out.stdout
     assert all(float(re.search(r" (\d+\.\d) +\d+-\d+ ", row).group(1)) > 0 for row in rows), out.stdout
