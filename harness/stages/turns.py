@@ -85,7 +85,10 @@ class CpuTurns:
         self._slots = [os.open(self.folder / f"core{i}", flags, 0o600) for i in range(self.cores)]
         self._pid, self._held = os.getpid(), []
 
-    def _take(self, need: int) -> None:
+    def _take(self, threads: int) -> None:
+        """Take `threads` of the cores (all of them at most), queued at the gate."""
+        self._open()
+        need = max(1, min(threads, self.cores))
         order = [(os.getpid() + i) % self.cores for i in range(self.cores)]  # 1-core jobs spread over the cores
         fcntl.flock(self._gate, fcntl.LOCK_EX)
         try:
@@ -126,18 +129,15 @@ class CpuTurns:
         if self.holding:
             yield
             return
-        self._open()
-        self._take(max(1, min(threads, self.cores)))
+        self._take(threads)
         try:
             yield
         finally:
             self._give()
 
     def each(self, items: Iterable[T], threads: int) -> Iterator[T]:
-        """`items`, fetched and used (the loop's body) in turns of at least `quantum_s` each:
-        a turn handed on after every batch would cost the job that takes it up to a few
-        milliseconds (the other job's OpenMP threads spin that long at their last barrier
-        before they sleep, on its cores), a tenth of a small step."""
+        """`items`, each fetched and used (the loop's body) in a turn: the cores are given back
+        after the item in which the turn reaches `quantum_s`, and when the loop ends or fails."""
         if self.holding:  # inside a turn already
             yield from items
             return
@@ -145,8 +145,7 @@ class CpuTurns:
         try:
             while True:
                 if since is None:
-                    self._open()
-                    self._take(max(1, min(threads, self.cores)))
+                    self._take(threads)
                     since = time.monotonic()
                 try:
                     item = next(it)

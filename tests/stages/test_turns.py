@@ -158,9 +158,9 @@ def test_a_stage_computes_in_turns_and_waits_for_the_cores(tmp_path, tiny_cfg, r
     taken: list[tuple[float, int]] = []
     take = shared._take
 
-    def counted(need):
-        take(need)
-        taken.append((time.time(), need))
+    def counted(threads):
+        take(threads)
+        taken.append((time.time(), shared.holding))
     monkeypatch.setattr(shared, "_take", counted)
 
     marks = tmp_path / "marks"
