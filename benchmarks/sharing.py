@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.stages import turns as cpu_turns  # standard library only: the parent stays light
+
 
 def job(seconds: float, batch: int, threads: int, turns: bool, start_line: Path, jobs: int) -> None:
     """One training job: print its images per second over `seconds` after a warm-up, as JSON;
@@ -44,7 +46,6 @@ def job(seconds: float, batch: int, threads: int, turns: bool, start_line: Path,
     from throughput import Bench
 
     from harness.plan import studies
-    from harness.stages import turns as cpu_turns
 
     torch.set_num_threads(threads)
     cfg = next(c.config for c in studies.expand(studies.load_study("table3"), "smoke", controls=False)
@@ -87,10 +88,8 @@ def run_jobs(n: int, threads: int, turns: bool, setting: str, seconds: float, ba
 
 def uncontended_turn_us(repeats: int = 2000) -> float:
     """Microseconds to take a turn of every core and give it back, with nobody else waiting."""
-    from harness.stages.turns import CpuTurns
-
     with tempfile.TemporaryDirectory() as folder:
-        turns = CpuTurns(Path(folder), os.cpu_count() or 1)
+        turns = cpu_turns.CpuTurns(Path(folder), os.cpu_count() or 1)
         start = time.perf_counter()
         for _ in range(repeats):
             with turns.turn(os.cpu_count() or 1):
@@ -142,10 +141,8 @@ def main() -> None:
             of_default = f"{median / reference:.0%}" if reference else ""
             print(f"{setting:<24} {name:<26} {median:14.1f} {f'{min(values):.0f}-{max(values):.0f}':>15} "
                   f"{median / alone[setting]:9.0%} {of_default:>17}", flush=True)
-    from harness.stages.turns import CpuTurns
-
     print(f"a turn of every core taken and given back, nobody waiting: {uncontended_turn_us():.1f} us "
-          f"(a job takes one every {CpuTurns.quantum_s:g} s of steps)")
+          f"(a job takes one every {cpu_turns.CpuTurns.quantum_s:g} s of steps)")
 
 
 if __name__ == "__main__":

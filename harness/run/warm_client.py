@@ -10,8 +10,9 @@ the background (its output to <log>), unless one is starting already or this is 
 to ask, and becomes the cold job itself (`python -P <arguments>`, same interpreter and
 environment), so a job never depends on one.
 
-Standard library only, run as a file: it starts in milliseconds and imports nothing of the
-harness.
+Run as a file, it starts in milliseconds: it imports the standard library and, of the harness
+(on the job's PYTHONPATH, its code snapshot), only harness.core.processes, which imports
+nothing else.
 """
 import fcntl
 import json
@@ -22,6 +23,8 @@ import struct
 import sys
 import time
 
+from harness.core import processes
+
 PER_JOB = ("SUBMITIT_", "CUDA_VISIBLE_DEVICES", "SLURM_")  # set per job: not the server's (harness.run.warm)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGCONT)
@@ -29,12 +32,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 
 def started() -> float:
     """This process's start, as time.time() (the kernel's record of it; now, elsewhere)."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-            return time.time() - (float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.time()
+    return time.time() - (processes.age_s() or 0.0)
 
 
 def hand_over(path: str, argv: list[str]):
