@@ -1,24 +1,31 @@
-"""Two torch jobs on one CPU: each one's speed beside the other, against its speed alone, in one run.
+"""Two torch jobs on one CPU: each one's speed beside the other, against its own speed alone, in one run.
 
-    python benchmarks/sharing.py [--seconds 20] [--batch 16] [--envs default OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=10000]
+    python benchmarks/sharing.py [--seconds 8] [--repeats 5] [--batch 16] [--envs default GOMP_SPINCOUNT=1000]
 
 Every job is the `smoke` pre-training step (Table 3's M=2 cell at scale smoke: forward, backward,
-AdamW on a batch already in memory) run in its own process for a fixed time. For each OpenMP wait
-setting of the OpenMP runtime's environment it measures, side by side in this one run:
-  - one job alone with every core (what a table run alone gets);
-  - two such jobs at once (a user's tests beside a training table, two pytest workers, a Slurm
-    node that packs two jobs);
-  - two jobs at once with one thread each (the local executor's `jobs: 2`);
-  - one job alone, and two at once, with every core, each step in a turn of the CPU (what the
-    harness's stage jobs do, harness.stages.turns: a job holds its cores for 0.2 s of steps at a
-    time, then queues behind the other).
-It also times a turn taken and given back with nobody else waiting (what a job alone pays).
+AdamW on a batch already in memory). For each OpenMP setting, four job processes start and stay:
+A and B with `--threads` torch threads (every core by default), C and D with one thread each.
+Each waits for the parent's word, computes steps for `--seconds`, reports its images per
+second, and waits again. A round is five phases:
+  - `1 job, T threads`: A alone, then B alone (what a table run alone gets);
+  - `1 job, T threads, turns`: the same, each step in a turn of the CPU (what the harness's stage
+    jobs do, harness.stages.turns: a job holds its cores for 0.2 s of steps at a time, then
+    queues behind any other);
+  - `2 jobs, T threads each`: A and B at once, side by side (a user's tests beside a training
+    table, two pytest workers, a Slurm node that packs two jobs);
+  - `2 jobs, 1 thread each`: C and D at once (the local executor's `jobs: 2`);
+  - `2 jobs, T threads, turns`: A and B at once, each step in a turn.
+Because A and B are the same processes alone and together, each one's share is its speed beside
+the other over its own speed alone: no difference between two processes counts as a loss or a
+gain of sharing. What is left is this VM's speed, which moves by up to a third between two 8-s
+phases of one process (docs/findings.md): every round runs the phases of every setting, each
+round from another phase, and the medians are over rounds.
 OpenMP's wait policy (`OMP_WAIT_POLICY`) says what a thread does at a barrier: `active` spins,
-`passive` sleeps; GNU OpenMP's `GOMP_SPINCOUNT` says how long it spins before it sleeps
-(default 300,000 spins). Both must be set before the OpenMP runtime starts, so every job is a
-fresh process with the setting in its environment; `default` sets neither. Prints images per
-second of each job and its share of the speed alone (without turns) of that setting and of
-`default`. No threshold is asserted.
+`passive` sleeps; GNU OpenMP's `GOMP_SPINCOUNT` says how long it spins before it sleeps (default
+300,000 spins). Both must be set before the OpenMP runtime starts, so each setting has its own
+four processes; `default` sets neither; all of them are started (one after the other) before the
+first round. It also times a turn taken and given back with nobody else
+waiting (what a job alone pays). Prints medians over rounds; no threshold is asserted.
 """
 from __future__ import annotations
 
@@ -35,11 +42,10 @@ from pathlib import Path
 from harness.stages import turns as cpu_turns  # standard library only: the parent stays light
 
 
-def job(seconds: float, batch: int, threads: int, turns: bool, start_line: Path, jobs: int) -> None:
-    """One training job: print its images per second over `seconds` after a warm-up, as JSON;
-    with `turns`, each step in a turn of the CPU (harness.stages.turns), as a stage's are. The
-    `jobs` jobs of a case start their timed steps together (a file each in `start_line`): one
-    job's imports (seconds of CPU) must not fall in the other's timed window."""
+def job(batch: int, threads: int) -> None:
+    """A job process: warm up, then for each line `SECONDS TURNS` on stdin, compute steps for
+    SECONDS (each in a turn of the CPU if TURNS is 1, as a stage's are) and print its images per
+    second as JSON; end at end of input."""
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -51,39 +57,58 @@ def job(seconds: float, batch: int, threads: int, turns: bool, start_line: Path,
     cfg = next(c.config for c in studies.expand(studies.load_study("table3"), "smoke", controls=False)
                if c.config.segments.size == 2)
     step = Bench(cfg, torch.device("cpu"), batch).synthetic()
-    cpu = cpu_turns.for_cpu(turns)
     for _ in range(3):
-        with cpu.turn(threads):
-            step()
-    (start_line / str(os.getpid())).touch()
-    while len(list(start_line.iterdir())) < jobs:
-        time.sleep(0.001)
-    start, steps = time.perf_counter(), 0
-    for _ in cpu.each(iter(lambda: time.perf_counter() - start < seconds, False), threads):
         step()
-        steps += 1
-    print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}))
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        seconds, turns = float(line.split()[0]), line.split()[1] == "1"
+        cpu = cpu_turns.for_cpu(turns)
+        start, steps = time.perf_counter(), 0
+        for _ in cpu.each(iter(lambda: time.perf_counter() - start < seconds, False), threads):
+            step()
+            steps += 1
+        print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}), flush=True)
+
+
+class Job:
+    """A job process of `threads` threads with `setting` ("default" or NAME=VALUE) in its
+    environment, ready to be told to compute."""
+
+    def __init__(self, threads: int, setting: str, batch: int):
+        env = {k: v for k, v in os.environ.items() if k not in OPENMP}
+        if setting != "default":
+            name, _, value = setting.partition("=")
+            env[name] = value
+        self.proc = subprocess.Popen([sys.executable, __file__, "--job", "--batch", str(batch), "--threads", str(threads)],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # its imports and warm-up run before any other job's
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a job failed (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def start(self, seconds: float, turns: bool) -> None:
+        self.proc.stdin.write(f"{seconds} {int(turns)}\n")
+        self.proc.stdin.flush()
+
+    def rate(self) -> float:
+        return self._read()["rate"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def run_jobs(n: int, threads: int, turns: bool, setting: str, seconds: float, batch: int) -> list[float]:
-    """Start `n` jobs at once with `setting` ("default" or NAME=VALUE) in their environment, each
-    step in a turn of the CPU or not; their images per second."""
-    env = {k: v for k, v in os.environ.items() if k not in OPENMP}
-    if setting != "default":
-        name, _, value = setting.partition("=")
-        env[name] = value
-    with tempfile.TemporaryDirectory() as start_line:
-        cmd = [sys.executable, __file__, "--job", "--seconds", str(seconds), "--batch", str(batch),
-               "--threads", str(threads), "--start-line", start_line, "--jobs", str(n),
-               *(["--turns"] if turns else [])]
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-        outs = [p.communicate()[0] for p in procs]
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"a job failed: {outs}")
-    return [json.loads(o.strip().splitlines()[-1])["rate"] for o in outs]
+def run_together(jobs: list[Job], seconds: float, turns: bool) -> list[float]:
+    """Start the jobs' timed steps at once (each was waiting on its input); their images per second."""
+    for j in jobs:
+        j.start(seconds, turns)
+    return [j.rate() for j in jobs]
 
 
 def uncontended_turn_us(repeats: int = 2000) -> float:
@@ -97,50 +122,70 @@ def uncontended_turn_us(repeats: int = 2000) -> float:
         return (time.perf_counter() - start) / repeats * 1e6
 
 
+def measure(args: argparse.Namespace, t: int) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """{(setting, phase): {job: its rates over the rounds}}. The phases of every setting run in
+    every round, so that the settings see the same drifts of this VM's speed."""
+    phases, jobs = [], []
+    for setting in args.envs:
+        a, b, c, d = (Job(threads, setting, args.batch) for threads in (t, t, 1, 1))
+        jobs += [a, b, c, d]
+        names = {a: "A", b: "B", c: "C", d: "D"}
+        phases += [(setting, name, groups, turns, names) for name, groups, turns in [
+            (f"1 job, {t} threads", [[a], [b]], False), (f"1 job, {t} threads, turns", [[a], [b]], True),
+            (f"2 jobs, {t} threads each", [[a, b]], False), ("2 jobs, 1 thread each", [[c, d]], False),
+            (f"2 jobs, {t} threads, turns", [[a, b]], True)]]
+    rates: dict[tuple[str, str], dict[str, list[float]]] = {(setting, name): {} for setting, name, *_ in phases}
+    try:
+        for round_ in range(args.repeats):
+            k = round_ * len(phases) // args.repeats  # each round starts at another phase
+            for setting, name, groups, turns, names in phases[k:] + phases[:k]:
+                for group in groups:
+                    for j, rate in zip(group, run_together(group, args.seconds, turns)):
+                        rates[(setting, name)].setdefault(names[j], []).append(rate)
+    finally:
+        for j in jobs:
+            j.close()
+    return rates
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=20.0, help="measured time of each job, after warm-up")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured time of each phase")
     ap.add_argument("--batch", type=int, default=16, help="the smoke recipe's pre-training batch")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a job alone")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="rounds over the settings, each from another case (this VM's speed drifts); medians "
-                         "printed; 5 puts every case once in every position")
-    ap.add_argument("--envs", nargs="+", default=["default", "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=10000"],
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of jobs A and B")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="rounds over every phase of every setting, each from another phase")
+    ap.add_argument("--envs", nargs="+", default=["default", "GOMP_SPINCOUNT=1000"],
                     help="OpenMP settings to compare: default, or NAME=VALUE")
     ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--start-line", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
-        job(args.seconds, args.batch, args.threads, args.turns, args.start_line, args.jobs)
+        job(args.batch, args.threads)
         return
     t = args.threads
-    cases = [(f"1 job, {t} threads", 1, t, False), (f"1 job, {t} threads, turns", 1, t, True),
-             (f"2 jobs, {t} threads each", 2, t, False), ("2 jobs, 1 thread each", 2, 1, False),
-             (f"2 jobs, {t} threads, turns", 2, t, True)]
-    rates: dict[tuple[str, str], list[float]] = {}
-    for round_ in range(args.repeats):
-        for setting in args.envs:
-            # each round starts at another case (this VM's speed drifts with what ran just before,
-            # and its host slows it after some time at full load): over len(cases) rounds each
-            # case runs once in every position
-            k = round_ % len(cases)
-            for name, n, threads, turns in cases[k:] + cases[:k]:
-                rates.setdefault((setting, name), []).extend(
-                    run_jobs(n, threads, turns, setting, args.seconds, args.batch))
-    print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; "
-          f"{args.seconds:g} s per job after warm-up; {args.repeats} round(s), medians over rounds and jobs")
-    print(f"{'setting':<24} {'case':<26} {'img/s per job':>14} {'range':>15} {'of alone':>9} {'of default alone':>17}")
-    alone = {setting: statistics.median(rates[(setting, cases[0][0])]) for setting in args.envs}
-    reference = alone.get("default")
+    print(f"# smoke pre-training step (batch {args.batch}), {os.cpu_count()} cores, fp32; {args.seconds:g} s a phase; "
+          f"{args.repeats} round(s), medians over rounds")
+    print("# 'of alone': the median rate of a job of the phase over the median of A and B alone (no turns);\n"
+          "# 'each of its own alone': A's and B's own rates in the phase over their own rates alone")
+    print(f"{'setting':<22} {'case':<26} {'img/s per job':>14} {'range':>10} {'of alone':>9} "
+          f"{'each of its own alone':>22} {'of default alone':>17}")
+    rates = measure(args, t)
+    reference = None
     for setting in args.envs:
-        for name, *_ in cases:
-            values = rates[(setting, name)]
+        alone = rates[(setting, f"1 job, {t} threads")]
+        own_alone = {j: statistics.median(v) for j, v in alone.items()}
+        pooled_alone = statistics.median([r for v in alone.values() for r in v])
+        reference = pooled_alone if setting == "default" else reference
+        for (setting_, name), by_job in rates.items():
+            if setting_ != setting:
+                continue
+            values = [r for v in by_job.values() for r in v]
             median = statistics.median(values)
+            own = "" if by_job is alone else " / ".join(
+                f"{j} {statistics.median(v) / own_alone[j]:.0%}" for j, v in by_job.items() if j in own_alone)
             of_default = f"{median / reference:.0%}" if reference else ""
-            print(f"{setting:<24} {name:<26} {median:14.1f} {f'{min(values):.0f}-{max(values):.0f}':>15} "
-                  f"{median / alone[setting]:9.0%} {of_default:>17}", flush=True)
+            print(f"{setting:<22} {name:<26} {median:14.1f} {f'{min(values):.0f}-{max(values):.0f}':>10} "
+                  f"{median / pooled_alone:9.0%} {own:>22} {of_default:>17}", flush=True)
     print(f"a turn of every core taken and given back, nobody waiting: {uncontended_turn_us():.1f} us "
           f"(a job takes one every {cpu_turns.CpuTurns.quantum_s:g} s of steps)")
 
