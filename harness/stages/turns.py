@@ -57,9 +57,10 @@ class CpuTurns:
     """The turns of the jobs that share one CPU set: `turn(threads)` holds `threads` of its
     cores (all of them at most) while its block runs."""
 
-    # seconds of batches a turn: a hand-over costs the job that takes the cores a few
-    # milliseconds (waking its threads, warming its caches), and a waiting job waits this long;
-    # 0.05, 0.2 and 1 s measured alike (docs/findings.md, "CPU turns")
+    # seconds of batches a turn: a hand-over costs the job that takes the cores 8-25 ms on its
+    # first step (the leaving job's OpenMP thread spins on for ~10 ms, the caches hold the other's
+    # data), and a waiting job waits this long; 0.05, 0.2 and 1 s measured alike within this VM's
+    # drift (docs/findings.md, "CPU turns")
     quantum_s = 0.2
 
     def __init__(self, folder: Path, cores: int):
