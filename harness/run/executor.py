@@ -40,8 +40,8 @@ class ExecutorConfig(BaseModel):
     cpus_per_task: int = Field(2, gt=0)  # also the torch threads of each task
     # a CPU job computes each batch in a turn of its cores, shared with the harness's other jobs
     # on the same cores, by lock files (harness.stages.turns): two 2-thread jobs on 2 cores keep
-    # 36-59 % of their speed alone each instead of 15-24 %, and a job alone loses nothing
-    # (docs/findings.md, "CPU turns"); false: jobs compute side by side
+    # about two to three times as much of their speed alone as side by side, and a job alone
+    # loses nothing (measured in docs/findings.md, "CPU turns"); false: jobs compute side by side
     cpu_turns: bool = True
     # GNU OpenMP's spins at a barrier before a waiting thread sleeps, put in every job's
     # environment unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set there already (the user's

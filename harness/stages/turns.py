@@ -2,13 +2,13 @@
 
 Two torch jobs that each run as many OpenMP threads as there are cores crawl side by side: at
 every barrier a thread waits for a sibling that the other job's threads have pushed off its
-core (each keeps 15-24 % of its speed alone, docs/findings.md). So the harness's CPU jobs take
-turns instead: a job holds as many cores as it has threads while it computes batches (each
-one's fetch, forward, backward and optimizer step; batches of an evaluation), `quantum_s` of
-them at a time, then hands them on. Two 2-thread jobs on 2 cores alternate, each at full speed
-while it computes; two 1-thread jobs hold a core each and never wait; a job alone takes its
-turns with nobody to wait for (13 us a turn). The thread count, hence every number a job
-computes, stays what it was.
+core (each keeps a small fraction of its speed alone, docs/findings.md). So the harness's CPU
+jobs take turns instead: a job holds as many cores as it has threads while it computes batches
+(each one's fetch, forward, backward and optimizer step; batches of an evaluation), `quantum_s`
+of them at a time, then hands them on. Two 2-thread jobs on 2 cores alternate, each with all its
+threads while it computes; two 1-thread jobs hold a core each and never wait; a job alone takes
+its turns with nobody to wait for (microseconds a turn). The thread count, hence every number a
+job computes, stays what it was.
 
 The cores are lock files, one per core of the process's CPU set (`os.sched_getaffinity`), in a
 folder per host, user and CPU set: jobs on other cores (Slurm's cgroups) never wait for each
@@ -57,10 +57,10 @@ class CpuTurns:
     """The turns of the jobs that share one CPU set: `turn(threads)` holds `threads` of its
     cores (all of them at most) while its block runs."""
 
-    # seconds of batches a turn: a hand-over costs the job that takes the cores 8-25 ms on its
-    # first step (the leaving job's OpenMP thread spins on for ~10 ms, the caches hold the other's
-    # data), and a waiting job waits this long; 0.05, 0.2 and 1 s measured alike within this VM's
-    # drift (docs/findings.md, "CPU turns")
+    # seconds of batches a turn: a hand-over slows the first step of the job that takes the cores
+    # (the leaving job's OpenMP thread spins on a while, the caches hold the other's data), and a
+    # waiting job waits this long; lengths from 0.05 to 1 s measured alike (docs/findings.md,
+    # "CPU turns")
     quantum_s = 0.2
 
     def __init__(self, folder: Path, cores: int):
