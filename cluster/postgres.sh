@@ -29,7 +29,9 @@ read -r VERSION NAME CPORT STATUS _ < <(pg_lsclusters -h | head -1) || die "no P
 [ "$CPORT" = "$PORT" ] || die "cluster $VERSION/$NAME listens on port $CPORT, not $PORT"
 if [ "$STATUS" != online ]; then
     log "starting cluster $VERSION/$NAME"
-    pg_ctlcluster "$VERSION" "$NAME" start
+    # to stderr: stdout is the URL alone (URL=$(postgres.sh ...)), and after a crash this says
+    # "Removed stale pid file."; not fd 3 or the like, which the server would inherit and hold open
+    pg_ctlcluster "$VERSION" "$NAME" start >&2
 fi
 for ((i = 0; i < 60; i++)); do pg_isready -q -h "$HOST" -p "$PORT" && break; sleep 0.5; done
 pg_isready -q -h "$HOST" -p "$PORT" || die "PostgreSQL does not answer on $HOST:$PORT"
