@@ -58,10 +58,10 @@ class CpuTurns:
     cores (all of them at most) while its block runs."""
 
     # seconds of batches a turn: a hand-over slows the first step of the job that takes the cores
-    # (the leaving job's OpenMP thread spins on a while, the caches hold the other's data), and a
-    # waiting job waits this long; lengths from 0.05 to 1 s measured alike (docs/findings.md,
-    # "CPU turns")
-    quantum_s = 0.2
+    # (the leaving job's OpenMP thread spins on a while, the caches hold the other's data), so a
+    # longer turn pays it less often, while a waiting job waits this long; 1 s kept a pair more
+    # of its speed than 0.2 s, measured in the same rounds (docs/findings.md, "CPU turns")
+    quantum_s = 1.0
 
     def __init__(self, folder: Path, cores: int):
         self.folder, self.cores = Path(folder), cores
