@@ -48,8 +48,8 @@ from harness.stages import turns as cpu_turns  # standard library only: the pare
 
 def job(batch: int, threads: int) -> None:
     """A job process: warm up, then for each line `SECONDS TURNS QUANTUM` on stdin, compute steps
-    for SECONDS (each in a turn of the CPU if TURNS is 1, as a stage's are, turns of QUANTUM
-    seconds of steps) and print its images per second as JSON; end at end of input."""
+    for SECONDS, one at least (each in a turn of the CPU if TURNS is 1, as a stage's are, turns of
+    QUANTUM seconds of steps) and print its images per second as JSON; end at end of input."""
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -70,7 +70,8 @@ def job(batch: int, threads: int) -> None:
         if turns:
             cpu.quantum_s = quantum
         start, steps = time.perf_counter(), 0
-        for _ in cpu.each(iter(lambda: time.perf_counter() - start < seconds, False), threads):
+        # at least one step: in turns a job may wait out the whole window for its partner's turn
+        for _ in cpu.each(iter(lambda: steps == 0 or time.perf_counter() - start < seconds, False), threads):
             step()
             steps += 1
         print(json.dumps({"rate": batch * steps / (time.perf_counter() - start)}), flush=True)
